@@ -1,0 +1,51 @@
+"""Errors a person can cause, written so that they can fix them.
+
+Every problem says *what* is wrong, *where* (file and line when known) and *how* to fix it.
+The same text goes to the drop's ``ERROR.md``, the notification and the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    where: str
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.where}: {self.what}. Fix: {self.fix}"
+
+
+class DropError(Exception):
+    """One or more problems that stop a drop from becoming a job (or a job from finishing)."""
+
+    def __init__(self, problems: list[Problem] | Problem):
+        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
+        super().__init__("; ".join(p.line() for p in self.problems))
+
+    @classmethod
+    def one(cls, what: str, where: str, fix: str) -> DropError:
+        return cls(Problem(what, where, fix))
+
+    def markdown(self, title: str = "This drop could not be trained") -> str:
+        parts = [f"# {title}\n"]
+        for i, p in enumerate(self.problems, 1):
+            head = f"## Problem {i}" if len(self.problems) > 1 else "## Problem"
+            parts.append(
+                f"{head}\n\n- **What:** {p.what}\n- **Where:** {p.where}\n- **How to fix:** {p.fix}\n"
+            )
+        parts.append(
+            "Nothing was deleted. Fix the problem, then move the folder back into the inbox "
+            "(or run `lorainbox retry NAME`).\n"
+        )
+        return "\n".join(parts)
+
+    def to_json(self) -> list[dict[str, str]]:
+        return [{"what": p.what, "where": p.where, "fix": p.fix} for p in self.problems]
+
+    @classmethod
+    def from_json(cls, items: list[dict[str, str]]) -> DropError:
+        return cls([Problem(i["what"], i["where"], i["fix"]) for i in items])

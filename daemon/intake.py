@@ -1,0 +1,176 @@
+"""Intake: a settled drop becomes a queued job, or lands in Failed/ with an ERROR.md.
+
+The drop is claimed first (moved into Queue/, so nothing else picks it up), then checked there:
+recipe, data, base model. Whatever is wrong is written to ERROR.md in the drop, which moves to
+Failed/ whole; nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.datasets import detect_kind, inspect_data, prepare_split
+from daemon.errors import DropError
+from daemon.events import DropRejected, JobChanged, Wake
+from daemon.hub import Hub
+from daemon.inbox import InboxLayout
+from daemon.jobs import Job, JobStore, State
+from daemon.recipe import RECIPE_FILE, Recipe, default_recipe, load_recipe, recipe_search_dirs
+from daemon.worker import WORK_DIR
+
+log = logging.getLogger("lorainbox.intake")
+
+ERROR_FILE = "ERROR.md"
+RESOLVED_RECIPE = "recipe.resolved.json"
+
+
+@dataclass
+class Intake:
+    layout: InboxLayout
+    store: JobStore
+    hub: Hub
+
+    def take(self, drop: Path) -> Job | None:
+        """Claim ``drop``; return its queued job, or None when it was rejected."""
+        if not drop.exists() and not drop.is_symlink():
+            return None
+        if drop.is_symlink() or not drop.is_dir():
+            return self._reject_file(drop)
+        name = drop.name
+        active = self._active_job(name)
+        claimed = self.layout.move(drop, self.layout.queue)
+        if active is not None:
+            return self._reject(
+                claimed,
+                name,
+                DropError.one(
+                    f'a job named "{name}" is already {active.state.value}',
+                    f"{self.layout.queue / name}",
+                    f"wait for it to finish, cancel it (`lorainbox cancel {name}`), "
+                    "or rename this folder and drop it again",
+                ),
+            )
+        try:
+            recipe = self.check(claimed, name)
+        except DropError as e:
+            return self._reject(claimed, name, e)
+        except Exception as e:  # a bug of ours must not lose the drop either
+            log.exception("unexpected error taking in %s", claimed)
+            return self._reject(
+                claimed,
+                name,
+                DropError.one(
+                    f"LoRA Inbox hit an internal error: {type(e).__name__}: {e}",
+                    str(claimed),
+                    "this is a bug; the log has details. Retry with `lorainbox retry NAME`",
+                ),
+            )
+        job = self.store.add(
+            self.layout.root,
+            name,
+            claimed,
+            priority=recipe.schedule.priority,
+            model=recipe.ollama_model if recipe.kind == "llm" else None,
+        )
+        log.info("queued job %d %s (%s)", job.id, name, claimed)
+        self.hub.publish(JobChanged(job.id, name, State.QUEUED.value, None))
+        self.hub.publish(Wake(f"queued {name}"))
+        return job
+
+    def check(self, drop: Path, name: str) -> Recipe:
+        """Validate the drop in place and write what the worker reads into ``.lorainbox/``."""
+        recipe = self.recipe_for(drop, name)
+        summary = inspect_data(drop, recipe.data, kind=recipe.kind)
+        _check_base_model(recipe, drop)
+        work = drop / WORK_DIR
+        work.mkdir(exist_ok=True)
+        prepare_split(
+            summary,
+            work / "data",
+            valid_fraction=recipe.data.valid_fraction,
+            seed=recipe.train.seed,
+        )
+        (work / RESOLVED_RECIPE).write_text(recipe.model_dump_json(indent=2))
+        (work / "data-summary.json").write_text(
+            json.dumps(
+                {
+                    "kind": summary.kind,
+                    "train_examples": summary.train_examples,
+                    "valid_examples": summary.valid_examples,
+                    "stats": summary.stats,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return recipe
+
+    def recipe_for(self, drop: Path, name: str) -> Recipe:
+        dirs = recipe_search_dirs(self.layout.root)
+        path = drop / RECIPE_FILE
+        if path.is_file():
+            return load_recipe(path, search_dirs=dirs, defaults={"name": name})
+        kind = detect_kind(drop)
+        if kind is None:
+            raise DropError.one(
+                "no recipe.toml and no training data found",
+                str(drop),
+                "add a recipe.toml, and a train.jsonl (chat, completions or text) or images "
+                "with captions; see the README's recipe reference",
+            )
+        return default_recipe(kind, name, search_dirs=dirs, where=str(drop))
+
+    def _active_job(self, name: str) -> Job | None:
+        for job in self.store.list(self.layout.root):
+            if job.name == name and not job.state.finished:
+                return job
+        return None
+
+    def _reject(self, drop: Path, name: str, error: DropError) -> None:
+        failed = self.layout.move(drop, self.layout.failed)
+        (failed / ERROR_FILE).write_text(error.markdown())
+        log.warning("rejected %s -> %s: %s", name, failed, error)
+        self.hub.publish(DropRejected(name, failed, str(error)))
+        return None
+
+    def _reject_file(self, path: Path) -> None:
+        """A loose file (or link) is not a drop: wrap it in a folder so ERROR.md can sit beside it."""
+        name = path.name.split(".")[0] or "drop"
+        self.layout.failed.mkdir(parents=True, exist_ok=True)
+        wrapper = Path(tempfile.mkdtemp(prefix=".wrap-", dir=self.layout.failed))
+        os.rename(path, wrapper / path.name)
+        target = self.layout.move(wrapper, self.layout.failed, name)
+        error = DropError.one(
+            f'"{path.name}" is a file (or a link), not a folder',
+            str(path),
+            "put the recipe.toml and the data in a folder and drop the folder; "
+            f"the file is kept in {target}",
+        )
+        (target / ERROR_FILE).write_text(error.markdown())
+        log.warning("rejected %s: not a folder", path)
+        self.hub.publish(DropRejected(name, target, str(error)))
+        return None
+
+
+def _check_base_model(recipe: Recipe, drop: Path) -> None:
+    """Catch a missing local base model now, not after the job waited hours for idle time."""
+    spec = recipe.base_model
+    if spec.startswith("lorainbox:"):
+        return
+    local = spec.startswith(("/", "~", ".")) or (drop / spec).exists()
+    if not local:
+        return
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else drop / path
+    if not path.exists():
+        raise DropError.one(
+            f'the base model folder "{spec}" does not exist',
+            f"{drop / RECIPE_FILE}, `base_model`",
+            "give the path of a model folder (absolute, or relative to the drop), "
+            'or a Hugging Face id such as "mlx-community/Qwen2.5-0.5B-Instruct-4bit"',
+        )

@@ -1,0 +1,256 @@
+"""The supervisor: runs one worker process at a time and turns what it says into job state.
+
+The worker's JSON lines become progress in the store (and on the hub); its exit code decides
+what happens next: finished, paused at a checkpoint, failed with the person's problem, out of
+memory (retry smaller), or crashed (retry from the checkpoint, a few times).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from daemon.config import Settings
+from daemon.errors import DropError
+from daemon.events import JobChanged, JobProgress
+from daemon.hub import Hub
+from daemon.jobs import Job, JobStore, State
+from daemon.recipe import Recipe
+from daemon.trainers.base import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
+from daemon.worker import WORK_DIR, JobSpec
+
+log = logging.getLogger("lorainbox.supervisor")
+
+TRAIN_LOG = "train.log"
+
+
+def load_recipe_of(job: Job) -> Recipe:
+    return Recipe.model_validate_json((job.folder / WORK_DIR / "recipe.resolved.json").read_text())
+
+
+def memory_budget_gb(recipe: Recipe, fraction: float) -> float:
+    if recipe.memory.max_gb is not None:
+        return recipe.memory.max_gb
+    return round(psutil.virtual_memory().total / 1e9 * fraction, 2)
+
+
+@dataclass
+class Outcome:
+    """How a worker run ended, for the daemon to act on."""
+
+    job_id: int
+    code: int
+    stop_reason: str | None
+    problems: list[dict[str, str]] | None = None
+    paused_step: int | None = None
+    message: str | None = None
+
+
+@dataclass
+class _Run:
+    job: Job
+    proc: subprocess.Popen[str]
+    stop_reason: str | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+    problems: list[dict[str, str]] | None = None
+    paused_step: int | None = None
+    message: str | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        store: JobStore,
+        hub: Hub,
+        settings: Settings,
+        on_exit: Callable[[Outcome], None],
+    ):
+        self.store = store
+        self.hub = hub
+        self.settings = settings
+        self.on_exit = on_exit
+        self._run: _Run | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._run is not None
+
+    @property
+    def current_job_id(self) -> int | None:
+        run = self._run
+        return run.job.id if run else None
+
+    @property
+    def current_pid(self) -> int | None:
+        run = self._run
+        return run.proc.pid if run else None
+
+    def start(self, job: Job) -> None:
+        """Write the job's spec and start its worker; resumes from a checkpoint if one exists."""
+        recipe = load_recipe_of(job)
+        data = job.folder / WORK_DIR / "data"
+        valid = data / "valid.jsonl"
+        old = _old_spec(job.folder)
+        spec = JobSpec(
+            job_id=job.id,
+            recipe=recipe,
+            train_file=data / ("images.jsonl" if recipe.kind == "diffusion" else "train.jsonl"),
+            valid_file=valid if valid.exists() else None,
+            memory_budget_gb=memory_budget_gb(recipe, self.settings.memory_fraction),
+            footprint=old.footprint if old else None,
+            oom_retries=job.oom_retries,
+        )
+        spec.save(job.folder)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTORCH_ENABLE_MPS_FALLBACK": "1"}
+        log_file = open(job.folder / TRAIN_LOG, "a")  # noqa: SIM115 - lives as long as the worker
+        log_file.write(f"\n--- worker started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        log_file.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.worker", str(job.folder)],
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        log_file.close()
+        job = self.store.transition(
+            job.id, State.TRAINING, detail=f"worker pid {proc.pid}", waiting_for=None
+        )
+        self.hub.publish(JobChanged(job.id, job.name, State.TRAINING.value, None))
+        run = _Run(job, proc)
+        with self._lock:
+            self._run = run
+        threading.Thread(
+            target=self._read, args=(run,), name=f"worker-{job.id}", daemon=True
+        ).start()
+        log.info("started worker %d for job %d %s", proc.pid, job.id, job.name)
+
+    def stop(self, reason: str) -> None:
+        """Ask the worker to checkpoint and exit (SIGTERM); ``reason`` decides what follows."""
+        run = self._run
+        if run is None or run.proc.poll() is not None:
+            return
+        run.stop_reason = reason
+        log.info("asking worker %d to stop (%s)", run.proc.pid, reason)
+        with contextlib.suppress(ProcessLookupError):
+            run.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        run = self._run
+        if run is not None and run.proc.poll() is None:
+            run.proc.kill()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._run is not None:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _read(self, run: _Run) -> None:
+        assert run.proc.stdout is not None
+        log_path = run.job.folder / TRAIN_LOG
+        for line in run.proc.stdout:
+            msg = _parse(line)
+            if msg is None:
+                with open(log_path, "a") as f:
+                    f.write(line)
+                continue
+            try:
+                self._handle(run, msg)
+            except Exception:
+                log.exception("could not handle worker line %r", line[:200])
+        code = run.proc.wait()
+        with self._lock:
+            self._run = None
+        outcome = Outcome(
+            run.job.id, code, run.stop_reason, run.problems, run.paused_step, run.message
+        )
+        log.info("worker for job %d exited with %d", run.job.id, code)
+        try:
+            self.on_exit(outcome)
+        except Exception:
+            log.exception("handling the end of job %d failed", run.job.id)
+
+    def _handle(self, run: _Run, msg: dict[str, Any]) -> None:
+        kind = msg.pop("type", None)
+        job_id = run.job.id
+        if kind == "progress":
+            run.last.update(msg)
+            self.store.update(
+                job_id, progress=run.last, checkpoint_step=run.last.get("checkpoint_step")
+            )
+            self.hub.publish(JobProgress(job_id, dict(run.last)))
+        elif kind == "checkpoint":
+            self.store.update(job_id, checkpoint_step=msg.get("step"))
+        elif kind == "stage" and msg.get("stage") == "exporting":
+            self.store.transition(job_id, State.EXPORTING, progress=run.last)
+            self.hub.publish(
+                JobChanged(job_id, run.job.name, State.EXPORTING.value, State.TRAINING.value)
+            )
+        elif kind == "footprint":
+            job = self.store.get(job_id)
+            self.store.update(job_id, result={**job.result, "footprint": msg})
+        elif kind == "exported":
+            job = self.store.get(job_id)
+            self.store.update(
+                job_id, result={**job.result, "gguf": msg.get("gguf"), "gguf_info": msg.get("info")}
+            )
+        elif kind == "paused":
+            run.paused_step = msg.get("step")
+            self.store.update(job_id, checkpoint_step=run.paused_step)
+        elif kind == "error":
+            run.problems = msg.get("problems")
+        elif kind in ("crash", "oom"):
+            run.message = msg.get("message")
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        msg = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return msg if isinstance(msg, dict) and "type" in msg else None
+
+
+def _old_spec(job_dir: Path) -> JobSpec | None:
+    try:
+        return JobSpec.load(job_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def problems_error(problems: list[dict[str, str]] | None, fallback: str) -> DropError:
+    if problems:
+        return DropError.from_json(problems)
+    return DropError.one(fallback, TRAIN_LOG, "see train.log in this folder for details")
+
+
+__all__ = [
+    "EXIT_DROP_ERROR",
+    "EXIT_OK",
+    "EXIT_OUT_OF_MEMORY",
+    "EXIT_PAUSED",
+    "Outcome",
+    "Supervisor",
+]

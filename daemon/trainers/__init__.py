@@ -1,0 +1,1 @@
+"""Trainers: each turns a recipe and prepared data into a LoRA adapter (and a fused model)."""

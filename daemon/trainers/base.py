@@ -1,0 +1,128 @@
+"""What every trainer gets and gives, so the worker can drive any of them the same way."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from daemon.recipe import Recipe
+
+EXIT_OK = 0
+EXIT_DROP_ERROR = 65  # EX_DATAERR: the person can fix it; ERROR.md says how
+EXIT_OUT_OF_MEMORY = 71  # the supervisor retries with a smaller footprint
+EXIT_PAUSED = 75  # EX_TEMPFAIL: checkpoint saved, resume later
+
+
+class Paused(Exception):
+    """Raised by a trainer after it saved a checkpoint because a stop was requested."""
+
+    def __init__(self, step: int):
+        super().__init__(f"paused at step {step}")
+        self.step = step
+
+
+class OutOfMemory(Exception):
+    """The trainer ran out of memory; the worker exits so the supervisor can shrink and retry."""
+
+
+class StopFlag:
+    """Set by SIGTERM; trainers check it at step boundaries and checkpoint before stopping."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> StopFlag:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+class Emitter:
+    """Writes the worker's JSON lines (progress, stages, results) for the supervisor to read."""
+
+    def __init__(self, stream: IO[str] | None = None, metrics_file: Path | None = None):
+        self.stream = stream or sys.stdout
+        self.metrics_file = metrics_file
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        line = json.dumps({"type": type_, **fields}, default=str)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        if self.metrics_file is not None and type_ in ("progress", "eval"):
+            with open(self.metrics_file, "a") as f:
+                f.write(line + "\n")
+
+    def progress(self, **fields: Any) -> None:
+        self.emit("progress", **fields)
+
+
+@dataclass
+class Footprint:
+    """The knobs the memory guard may turn; recorded so a retry and the report know them."""
+
+    batch_size: int
+    max_seq_length: int
+    grad_checkpoint: bool
+    changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainContext:
+    job_dir: Path
+    work_dir: Path
+    """``<job>/.lorainbox``: checkpoints, prepared data, fused model; hidden from the person."""
+    recipe: Recipe
+    train_file: Path
+    valid_file: Path | None
+    footprint: Footprint
+    memory_budget_gb: float
+    emitter: Emitter
+    stop_requested: Callable[[], bool]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.job_dir / "adapters"
+
+    @property
+    def fused_dir(self) -> Path:
+        return self.work_dir / "fused"
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    final_train_loss: float | None = None
+    final_valid_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer(Protocol):
+    name: str
+
+    def train(self, ctx: TrainContext) -> TrainResult:
+        """Train from the last checkpoint in ``ctx.checkpoint_dir`` (or from step 0).
+
+        Raises :class:`Paused` after checkpointing when ``ctx.stop_requested()`` turns true,
+        :class:`OutOfMemory` when memory runs out, :class:`~daemon.errors.DropError` for
+        problems the person can fix (a corrupt base model, say).
+        """
+        ...
+
+    def fuse(self, ctx: TrainContext) -> Path:
+        """Merge the adapter into the base as a Hugging Face folder in ``ctx.fused_dir``."""
+        ...

@@ -1,0 +1,171 @@
+"""The worker: one job, in its own process (``python -m daemon.worker JOBDIR``).
+
+Training loads gigabytes and may run out of memory or crash; in a subprocess it can never take
+the daemon down. The worker speaks to the supervisor in JSON lines on stdout (see
+:class:`~daemon.trainers.base.Emitter`) and with its exit code (``EXIT_*`` in ``trainers.base``).
+Every stage is restartable: training resumes from its last checkpoint, and a stage whose
+output already exists is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from daemon.errors import DropError
+from daemon.recipe import Recipe
+from daemon.trainers.base import (
+    EXIT_DROP_ERROR,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_PAUSED,
+    Emitter,
+    Footprint,
+    OutOfMemory,
+    Paused,
+    StopFlag,
+    TrainContext,
+    Trainer,
+)
+
+log = logging.getLogger("lorainbox.worker")
+
+WORK_DIR = ".lorainbox"
+SPEC_FILE = "job.json"
+
+
+class JobSpec(BaseModel):
+    """What the daemon hands the worker, written to ``<job>/.lorainbox/job.json``."""
+
+    job_id: int
+    recipe: Recipe
+    train_file: Path
+    valid_file: Path | None = None
+    memory_budget_gb: float
+    footprint: dict[str, Any] | None = None
+    """The memory guard's last footprint (batch, sequence, checkpointing) after an OOM retry."""
+    oom_retries: int = 0
+
+    @classmethod
+    def load(cls, job_dir: Path) -> JobSpec:
+        return cls.model_validate_json((job_dir / WORK_DIR / SPEC_FILE).read_text())
+
+    def save(self, job_dir: Path) -> None:
+        path = job_dir / WORK_DIR / SPEC_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+
+
+def pick_trainer(recipe: Recipe) -> Trainer:
+    """MLX for language models where it runs, PyTorch otherwise and for diffusion."""
+    if recipe.kind == "diffusion":
+        from daemon.trainers.diffusion import DiffusionTrainer
+
+        return DiffusionTrainer()
+    if recipe.trainer in ("auto", "mlx") and _mlx_available():
+        from daemon.trainers.mlx import MLXTrainer
+
+        return MLXTrainer()
+    if recipe.trainer == "mlx":
+        raise DropError.one(
+            "the recipe asks for the MLX trainer, but MLX cannot run on this machine",
+            "recipe.toml, `trainer`",
+            'set trainer = "auto" or "torch" (MLX needs Apple Silicon, or Linux with mlx[cpu])',
+        )
+    from daemon.trainers.torch_llm import TorchLLMTrainer
+
+    return TorchLLMTrainer()
+
+
+def _mlx_available() -> bool:
+    try:
+        import mlx.core  # noqa: F401
+        import mlx_lm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def initial_footprint(spec: JobSpec) -> Footprint:
+    if spec.footprint:
+        return Footprint(**spec.footprint)
+    t = spec.recipe.train
+    return Footprint(t.batch_size, t.max_seq_length, t.grad_checkpoint)
+
+
+def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
+    spec = JobSpec.load(job_dir)
+    work = job_dir / WORK_DIR
+    emitter.metrics_file = work / "metrics.jsonl"
+    trainer = pick_trainer(spec.recipe)
+    ctx = TrainContext(
+        job_dir=job_dir,
+        work_dir=work,
+        recipe=spec.recipe,
+        train_file=spec.train_file,
+        valid_file=spec.valid_file,
+        footprint=initial_footprint(spec),
+        memory_budget_gb=spec.memory_budget_gb,
+        emitter=emitter,
+        stop_requested=stop,
+    )
+    done_marker = work / "trained.json"
+    if not done_marker.exists():
+        emitter.emit("stage", stage="training", trainer=trainer.name)
+        result = trainer.train(ctx)
+        done_marker.write_text(
+            json.dumps({"steps": result.steps, "adapter": str(result.adapter_dir), **result.extra})
+        )
+        emitter.emit("trained", steps=result.steps, adapter=str(result.adapter_dir))
+    recipe = spec.recipe
+    if recipe.kind == "llm" and recipe.export.gguf:
+        gguf_path = job_dir / "model.gguf"
+        if not gguf_path.exists():
+            emitter.emit("stage", stage="exporting")
+            fused = trainer.fuse(ctx)
+            from daemon.export.gguf import convert_to_gguf
+
+            info = convert_to_gguf(fused, gguf_path, recipe.export.outtype)
+            emitter.emit("exported", gguf=str(gguf_path), info=info.as_dict())
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m daemon.worker JOBDIR", file=sys.stderr)
+        return 2
+    job_dir = Path(argv[0]).resolve()
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    emitter = Emitter(sys.stdout)
+    stop = StopFlag().install()
+    try:
+        return run(job_dir, emitter, stop)
+    except Paused as p:
+        emitter.emit("paused", step=p.step)
+        return EXIT_PAUSED
+    except DropError as e:
+        emitter.emit("error", problems=e.to_json())
+        return EXIT_DROP_ERROR
+    except (OutOfMemory, MemoryError) as e:
+        emitter.emit("oom", message=str(e))
+        return EXIT_OUT_OF_MEMORY
+    except Exception as e:  # a crash: the supervisor retries from the checkpoint
+        emitter.emit("crash", message=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
