@@ -55,6 +55,13 @@ class Intake:
                     "or rename this folder and drop it again",
                 ),
             )
+        return self._queue(claimed, name)
+
+    def adopt(self, folder: Path) -> Job | None:
+        """Queue a folder found in Queue/ without a job (the daemon died while claiming it)."""
+        return self._queue(folder, folder.name)
+
+    def _queue(self, claimed: Path, name: str) -> Job | None:
         try:
             recipe = self.check(claimed, name)
         except DropError as e:

@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     oom_retries INTEGER NOT NULL DEFAULT 0,
     checkpoint_step INTEGER,
     model TEXT,
-    result TEXT NOT NULL DEFAULT '{}'
+    result TEXT NOT NULL DEFAULT '{}',
+    worker_pid INTEGER,
+    held INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_inbox_state ON jobs (inbox, state);
 CREATE TABLE IF NOT EXISTS transitions (
@@ -100,6 +102,8 @@ class Job:
     checkpoint_step: int | None
     model: str | None
     result: dict[str, Any]
+    worker_pid: int | None
+    held: bool
 
     @property
     def folder(self) -> Path:
@@ -116,6 +120,7 @@ class Job:
         d["state"] = State(d["state"])
         d["progress"] = json.loads(d["progress"] or "{}")
         d["result"] = json.loads(d["result"] or "{}")
+        d["held"] = bool(d["held"])
         return cls(**d)
 
 

@@ -130,7 +130,11 @@ class Supervisor:
         )
         log_file.close()
         job = self.store.transition(
-            job.id, State.TRAINING, detail=f"worker pid {proc.pid}", waiting_for=None
+            job.id,
+            State.TRAINING,
+            detail=f"worker pid {proc.pid}",
+            waiting_for=None,
+            worker_pid=proc.pid,
         )
         self.hub.publish(JobChanged(job.id, job.name, State.TRAINING.value, None))
         run = _Run(job, proc)

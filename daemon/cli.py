@@ -1,0 +1,449 @@
+"""The ``lorainbox`` command (Typer + rich): the contract in DESIGN.md's command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daemon import __version__
+from daemon.config import Settings, load_settings
+from daemon.jobs import Job, JobStore, State
+from daemon.logs import setup_logging
+
+app = typer.Typer(
+    help="LoRA Inbox: drop a folder, get a fine-tuned model in Ollama.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+agent_app = typer.Typer(help="The background agent (launchd on macOS, systemd on Linux).")
+app.add_typer(agent_app, name="agent")
+console = Console()
+err = Console(stderr=True)
+
+InboxOpt = Annotated[
+    Path | None, typer.Option("--inbox", help="The inbox folder (default ~/LoRAInbox).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML file of daemon settings.")]
+
+
+def _settings(inbox: Path | None = None, config: Path | None = None) -> Settings:
+    return load_settings(config, inbox=inbox.expanduser().resolve() if inbox else None)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    inbox: InboxOpt = None,
+    config: ConfigOpt = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Process the drops present, run their jobs, exit.")
+    ] = False,
+) -> None:
+    """Run the daemon in the foreground (launchd or systemd runs this)."""
+    from daemon.service import AlreadyRunning, Daemon
+
+    settings = _settings(inbox, config)
+    setup_logging(settings.log_dir, console=True)
+    daemon = Daemon(settings, once=once)
+    try:
+        code = daemon.run()
+    except AlreadyRunning as e:
+        raise _fail(
+            f"another lorainbox daemon (pid {e}) is already watching {settings.inbox}; "
+            "stop it first (`lorainbox agent uninstall`, or kill that pid)",
+            3,
+        ) from None
+    if once:
+        _print_jobs(daemon.store.list(str(settings.inbox)))
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    inbox: InboxOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    all_inboxes: Annotated[bool, typer.Option("--all", help="Jobs of every inbox.")] = False,
+) -> None:
+    """Jobs and their progress."""
+    settings = _settings(inbox, config)
+    store = JobStore(settings.db_path)
+    jobs = store.list(None if all_inboxes else str(settings.inbox))
+    if as_json:
+        print(json.dumps([j.as_dict() for j in jobs], indent=2, default=str))
+        return
+    from daemon.service import DaemonLock
+
+    pid = DaemonLock(settings.lock_path).holder()
+    console.print(
+        f"[bold]LoRA Inbox[/bold] {__version__} — inbox {settings.inbox} — daemon "
+        + (f"[green]running[/green] (pid {pid})" if pid else "[yellow]not running[/yellow]")
+    )
+    _print_jobs(jobs)
+
+
+def _print_jobs(jobs: list[Job]) -> None:
+    if not jobs:
+        console.print("No jobs yet. Drop a folder with a recipe.toml and data into the inbox.")
+        return
+    table = Table(show_lines=False)
+    for col in ("id", "name", "state", "progress", "folder"):
+        table.add_column(col)
+    for j in jobs:
+        table.add_row(str(j.id), j.name, _state_text(j), progress_text(j), _short(j.folder))
+    console.print(table)
+
+
+_STATE_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "cancelled": "dim",
+    "training": "cyan",
+    "exporting": "cyan",
+    "registering": "magenta",
+    "waiting": "yellow",
+    "paused": "yellow",
+}
+
+
+def _state_text(j: Job) -> str:
+    style = _STATE_STYLE.get(j.state.value, "white")
+    text = f"[{style}]{j.state.value}[/{style}]"
+    if j.waiting_for and j.state in (State.WAITING, State.PAUSED, State.REGISTERING):
+        text += f": {j.waiting_for}"
+    elif j.state == State.FAILED and j.error:
+        text += f": {j.error[:60]}"
+    return text
+
+
+def progress_text(j: Job) -> str:
+    p = j.progress
+    if not p.get("total"):
+        return ""
+    step, total = int(p.get("step", 0)), int(p["total"])
+    width = 16
+    filled = int(width * min(step, total) / max(total, 1))
+    parts = [f"{'█' * filled}{'░' * (width - filled)} {step}/{total}"]
+    if p.get("train_loss") is not None:
+        parts.append(f"loss {p['train_loss']:.3f}")
+    if p.get("tokens_per_second"):
+        parts.append(f"{p['tokens_per_second']:.0f} tok/s")
+    if p.get("eta_seconds") and j.state == State.TRAINING:
+        parts.append(f"ETA {_duration(p['eta_seconds'])}")
+    return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _short(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.home()).as_posix()).join(("~/", ""))
+    except ValueError:
+        return str(p)
+
+
+@app.command()
+def submit(
+    path: Annotated[Path, typer.Argument(help="A folder holding recipe.toml and data.")],
+    inbox: InboxOpt = None,
+    config: ConfigOpt = None,
+    move: Annotated[bool, typer.Option("--move", help="Move instead of copying.")] = False,
+) -> None:
+    """Put a folder into the inbox (copied, so the original stays where it is)."""
+    settings = _settings(inbox, config)
+    src = path.expanduser().resolve()
+    if not src.is_dir():
+        raise _fail(f"{src} is not a folder; a drop is a folder with recipe.toml and data")
+    from daemon.inbox import InboxLayout
+
+    layout = InboxLayout(settings.inbox)
+    layout.create()
+    # Copy under a hidden name first, so the watcher never sees half a drop.
+    staging = settings.inbox / f".{src.name}.submitting"
+    if move:
+        src.rename(staging)
+    else:
+        shutil.copytree(src, staging, symlinks=True)
+    dest = layout.move(staging, settings.inbox, src.name)
+    console.print(f"Submitted [bold]{src.name}[/bold] as {dest}")
+
+
+@app.command()
+def train(
+    path: Annotated[Path, typer.Argument(help="A drop folder; results are written into it.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Train one drop in the foreground: no daemon, no gates, a progress bar."""
+    from daemon.foreground import train_foreground
+
+    settings = _settings(None, config)
+    setup_logging(settings.log_dir, console=False)
+    raise typer.Exit(train_foreground(path.expanduser().resolve(), settings, console))
+
+
+def _job_or_exit(store: JobStore, ref: str, settings: Settings) -> Job:
+    job = store.find(ref, settings.inbox) or store.find(ref)
+    if job is None:
+        raise _fail(f"no job {ref!r}; `lorainbox status` lists them")
+    return job
+
+
+def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> None:
+    from daemon.service import DaemonLock
+
+    settings = _settings(inbox, config)
+    store = JobStore(settings.db_path)
+    job = _job_or_exit(store, ref, settings)
+    store.request(job.id, action)
+    pid = DaemonLock(settings.lock_path).holder()
+    if pid:
+        console.print(f"Asked the daemon (pid {pid}) to {action} job {job.id} {job.name}.")
+        return
+    from daemon.service import Daemon
+
+    daemon = Daemon(settings.model_copy(update={"inbox": Path(job.inbox)}))
+    daemon.lock.acquire()
+    try:
+        for job_id, act in store.take_requests():
+            daemon._apply_request(job_id, act)
+    finally:
+        daemon.lock.release()
+    job = store.get(job.id)
+    console.print(f"Job {job.id} {job.name} is now {job.state.value} ({job.folder}).")
+
+
+@app.command()
+def cancel(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+    """Cancel a job (its folder moves to Failed/, nothing is deleted)."""
+    _request("cancel", job, inbox, config)
+
+
+@app.command()
+def retry(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+    """Put a failed or cancelled job back in the queue (it resumes from its checkpoint)."""
+    _request("retry", job, inbox, config)
+
+
+@app.command()
+def pause(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+    """Pause a job at its next checkpoint until you resume it."""
+    _request("pause", job, inbox, config)
+
+
+@app.command()
+def resume(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+    """Resume a job you paused."""
+    _request("resume", job, inbox, config)
+
+
+@app.command()
+def logs(
+    job: str,
+    inbox: InboxOpt = None,
+    config: ConfigOpt = None,
+    lines: Annotated[int, typer.Option("-n", help="How many lines from the end.")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+) -> None:
+    """Print the end of a job's train.log."""
+    settings = _settings(inbox, config)
+    j = _job_or_exit(JobStore(settings.db_path), job, settings)
+    path = j.folder / "train.log"
+    if not path.exists():
+        raise _fail(f"job {j.id} {j.name} has no train.log yet ({path})")
+    with open(path, errors="replace") as f:
+        for line in f.readlines()[-lines:]:
+            sys.stdout.write(line)
+        while follow:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.5)
+
+
+@app.command()
+def recipes(config: ConfigOpt = None, inbox: InboxOpt = None) -> None:
+    """List the recipes a drop can extend."""
+    from daemon.recipe import find_recipe, load_recipe, recipe_search_dirs
+
+    settings = _settings(inbox, config)
+    dirs = recipe_search_dirs(settings.inbox)
+    table = Table()
+    for col in ("name", "kind", "base model", "file"):
+        table.add_column(col)
+    names = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
+    for name in names:
+        path = find_recipe(name, dirs)
+        assert path is not None
+        try:
+            r = load_recipe(path, search_dirs=dirs, defaults={"name": name})
+            table.add_row(name, r.kind, r.base_model, str(path))
+        except Exception as e:  # a broken user recipe should not hide the others
+            table.add_row(name, "[red]invalid[/red]", str(e)[:60], str(path))
+    console.print(table)
+
+
+@app.command()
+def doctor(config: ConfigOpt = None) -> None:
+    """What works on this machine: MLX, torch, llama.cpp, Ollama, sensors, notifications."""
+    from daemon.doctor import run_checks
+
+    settings = _settings(None, config)
+    ok = run_checks(settings, console)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the demo inbox and state go.")
+    ] = Path(".demo"),
+) -> None:
+    """Offline end to end: tiny model, example drop, daemon, GGUF, Ollama (if running), a question."""
+    from daemon.demo import run_demo
+
+    raise typer.Exit(run_demo(directory.expanduser().resolve(), console))
+
+
+@app.command()
+def register(
+    gguf: Annotated[Path, typer.Argument(help="A .gguf file.")],
+    name: Annotated[str, typer.Option("--name", help="The Ollama model name.")],
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+    quantize: Annotated[
+        str | None, typer.Option("--quantize", help='e.g. q4_K_M; "none" keeps the file as is.')
+    ] = "q4_K_M",
+) -> None:
+    """Upload a GGUF to the local Ollama and create a model from it."""
+    from datetime import datetime
+
+    from daemon.ollama import (
+        OllamaClient,
+        OllamaError,
+        OllamaUnavailable,
+        register_model,
+        validate_model_name,
+    )
+
+    path = gguf.expanduser().resolve()
+    if not path.is_file():
+        raise _fail(f"{path} is not a file")
+    try:
+        validate_model_name(name)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    settings = _settings()
+    client = OllamaClient(settings.ollama_host)
+    q = None if quantize in (None, "", "none") else quantize
+    try:
+        with console.status("registering with Ollama…") as st:
+            result = register_model(
+                client,
+                path,
+                name,
+                system=system,
+                parameters=None,
+                template=None,
+                quantize=q,
+                stamp=datetime.now(),
+                on_status=lambda s: st.update(f"Ollama: {s}"),
+            )
+    except OllamaUnavailable as e:
+        raise _fail(
+            f"Ollama is not answering at {client.base_url}: {e}. Start it (`ollama serve`)"
+        ) from None
+    except OllamaError as e:
+        raise _fail(f"Ollama refused: {e}") from None
+    console.print(f"Registered [bold]{result.latest}[/bold] — try `ollama run {name}`")
+
+
+@app.command()
+def chat(
+    name: Annotated[
+        str, typer.Argument(help="An Ollama model name, a .gguf, or a results folder.")
+    ],
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Ask one question and exit.")
+    ] = None,
+) -> None:
+    """Talk to a trained model (through Ollama; through llama.cpp on the GGUF when Ollama is away)."""
+    from daemon.chat_cli import chat_command
+
+    settings = _settings()
+    raise typer.Exit(chat_command(name, prompt, settings, console))
+
+
+@agent_app.command("install")
+def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+    """Start the daemon at login (LaunchAgent on macOS, systemd user unit on Linux)."""
+    from daemon import launchd
+
+    settings = _settings(inbox, config)
+    console.print(launchd.install(settings=settings).message)
+
+
+@agent_app.command("uninstall")
+def agent_uninstall() -> None:
+    """Stop the daemon and remove it from login."""
+    from daemon import launchd
+
+    console.print(launchd.uninstall().message)
+
+
+@agent_app.command("status")
+def agent_status() -> None:
+    """Whether the agent is installed and running."""
+    from daemon import launchd
+
+    console.print(launchd.status().message)
+
+
+@agent_app.command("plist")
+def agent_plist(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+    """Print the LaunchAgent plist (or the systemd unit on Linux) that install would write."""
+    from daemon import launchd
+
+    settings = _settings(inbox, config)
+    print(launchd.render(settings=settings))
+
+
+@app.command()
+def menubar() -> None:
+    """A menu-bar app showing the queue and progress (macOS, `pip install lorainbox[menubar]`)."""
+    from daemon.menubar import main as menubar_main
+
+    raise typer.Exit(menubar_main())
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

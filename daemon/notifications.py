@@ -1,0 +1,38 @@
+"""Turns job events on the hub into notifications (done, failed, paused, rejected drops)."""
+
+from __future__ import annotations
+
+from daemon.events import DropRejected, JobChanged
+from daemon.hub import Hub
+from daemon.jobs import JobStore
+from daemon.notify import Notifier
+
+
+class NotificationRelay:
+    def __init__(self, hub: Hub, store: JobStore, notifier: Notifier | None = None):
+        self.store = store
+        self.notifier = notifier or Notifier()
+        hub.subscribe(JobChanged, self._on_job)
+        hub.subscribe(DropRejected, self._on_rejected)
+
+    def _on_job(self, e: JobChanged) -> None:
+        if e.state == "done":
+            job = self.store.get(e.job_id)
+            if job.result.get("registered"):
+                msg = f"{job.model} is ready — ollama run {job.model}"
+            elif job.model:
+                msg = f"{e.name} is trained; model.gguf is in {job.folder} (Ollama not registered)"
+            else:
+                msg = f"{e.name} is trained; results are in {job.folder}"
+            image = job.folder / "samples.png"
+            self.notifier.notify(
+                "LoRA Inbox", msg, kind="done", image=image if image.exists() else None
+            )
+        elif e.state == "paused":
+            self.notifier.notify("LoRA Inbox", f"{e.name} paused: {e.detail}", kind="paused")
+
+    def _on_rejected(self, e: DropRejected) -> None:
+        first = e.message.split(";")[0]
+        self.notifier.notify(
+            "LoRA Inbox", f"{e.name} failed: {first}. See ERROR.md in {e.path}", kind="failed"
+        )

@@ -1,0 +1,85 @@
+"""A rich progress display fed by the hub: used by ``lorainbox train`` and ``lorainbox demo``."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from daemon.events import JobChanged, JobProgress
+from daemon.hub import Hub
+
+
+class ProgressView:
+    """One bar per job: its state, step of total, loss and speed, as the worker reports them."""
+
+    def __init__(self, hub: Hub, console: Console):
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[name]}[/bold] {task.fields[state]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._tasks: dict[int, TaskID] = {}
+        self._lock = threading.Lock()
+        hub.subscribe(JobChanged, self._on_changed)
+        hub.subscribe(JobProgress, self._on_progress)
+
+    def _task(self, job_id: int, name: str = "") -> TaskID:
+        with self._lock:
+            if job_id not in self._tasks:
+                self._tasks[job_id] = self.progress.add_task(
+                    "", total=None, name=name or f"job {job_id}", state="", detail=""
+                )
+            return self._tasks[job_id]
+
+    def _on_changed(self, e: JobChanged) -> None:
+        task = self._task(e.job_id, e.name)
+        self.progress.update(task, name=e.name, state=e.state)
+        if e.state in ("done", "failed", "cancelled"):
+            total = self.progress.tasks[task].total
+            self.progress.update(task, completed=total or 1, total=total or 1)
+            if e.state != "done" and e.detail:
+                self.progress.console.print(f"[red]{e.name} {e.state}:[/red] {e.detail}")
+
+    def _on_progress(self, e: JobProgress) -> None:
+        p = e.progress
+        task = self._task(e.job_id)
+        detail = []
+        if p.get("train_loss") is not None:
+            detail.append(f"loss {p['train_loss']:.3f}")
+        if p.get("valid_loss") is not None:
+            detail.append(f"valid {p['valid_loss']:.3f}")
+        if p.get("tokens_per_second"):
+            detail.append(f"{p['tokens_per_second']:.0f} tok/s")
+        self.progress.update(
+            task, completed=p.get("step", 0), total=p.get("total"), detail="  ".join(detail)
+        )
+
+    def __enter__(self) -> ProgressView:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()

@@ -1,0 +1,146 @@
+"""The scheduler: decides which job trains, and when it must step aside.
+
+APScheduler ticks every ``tick_seconds``; any event on the hub (a new job, a finished worker, a
+request from the CLI) wakes it at once. On each tick: apply requests, check the running job's
+gates (pause it if they fail and its recipe says so), else start the next job whose gates hold:
+one at a time, highest priority first, then oldest.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon.events import JobChanged, Wake
+from daemon.gates import GateResult, ScheduleSpec, evaluate
+from daemon.hub import Hub
+from daemon.jobs import Job, JobStore, State
+from daemon.sensors import Readings, Sensors
+from daemon.supervisor import Supervisor, load_recipe_of
+
+log = logging.getLogger("lorainbox.scheduler")
+
+CANDIDATES = (State.QUEUED, State.WAITING, State.PAUSED)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: JobStore,
+        hub: Hub,
+        supervisor: Supervisor,
+        sensors: Sensors,
+        *,
+        inbox: str,
+        tick_seconds: float,
+        on_request: Callable[[int, str], None],
+        extra_tick: Callable[[], None] = lambda: None,
+    ):
+        self.store = store
+        self.hub = hub
+        self.supervisor = supervisor
+        self.sensors = sensors
+        self.inbox = inbox
+        self.on_request = on_request
+        self.extra_tick = extra_tick
+        self.last_readings: Readings | None = None
+        self._tick_lock = threading.Lock()
+        self._caffeinate: subprocess.Popen[bytes] | None = None
+        self._aps = BackgroundScheduler(daemon=True)
+        self._aps.add_job(
+            self.tick, "interval", seconds=tick_seconds, id="tick", max_instances=1, coalesce=True
+        )
+        hub.subscribe(Wake, lambda e: self.wake())
+        hub.subscribe(JobChanged, lambda e: self.wake())
+
+    def start(self) -> None:
+        self._aps.start()
+        self.wake()
+
+    def shutdown(self) -> None:
+        self._aps.shutdown(wait=False)
+        self._release_sleep()
+
+    def wake(self) -> None:
+        """Tick now (on APScheduler's thread, so ticks never overlap)."""
+        if self._aps.running:
+            self._aps.add_job(self.tick, id="wake", replace_existing=True, max_instances=1)
+
+    def tick(self) -> None:
+        with self._tick_lock:
+            try:
+                self._tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+
+    def _tick(self) -> None:
+        for job_id, action in self.store.take_requests():
+            self.on_request(job_id, action)
+        self.last_readings = self.sensors.read()
+        running_id = self.supervisor.current_job_id
+        if running_id is not None:
+            self._check_running(self.store.get(running_id))
+        else:
+            self._release_sleep()
+            self._start_next()
+        self.extra_tick()
+
+    def gates_for(self, job: Job, running: bool = False) -> GateResult:
+        recipe = load_recipe_of(job)
+        spec = ScheduleSpec(**recipe.schedule.model_dump())
+        assert self.last_readings is not None
+        return evaluate(spec, self.last_readings, datetime.now(), running=running)
+
+    def _check_running(self, job: Job) -> None:
+        if job.state != State.TRAINING:
+            return  # exporting finishes on its own; stopping it would only waste the work
+        result = self.gates_for(job, running=True)
+        if result.ok:
+            return
+        recipe = load_recipe_of(job)
+        if recipe.schedule.on_interrupt == "pause":
+            log.info("pausing job %d %s: %s", job.id, job.name, result.waiting_for)
+            self.store.update(job.id, waiting_for=result.waiting_for)
+            self.supervisor.stop(f"gate: {result.waiting_for}")
+
+    def _start_next(self) -> None:
+        jobs = [j for j in self.store.list(self.inbox, CANDIDATES) if not j.held]
+        jobs.sort(key=lambda j: (-j.priority, j.id))
+        for job in jobs:
+            try:
+                result = self.gates_for(job)
+            except (OSError, ValueError) as e:
+                log.error("job %d %s has no readable recipe: %s", job.id, job.name, e)
+                continue
+            if result.ok:
+                self.supervisor.start(job)
+                self._keep_awake()
+                return
+            if job.state in (State.WAITING, State.PAUSED):
+                if job.waiting_for != result.waiting_for:
+                    self.store.update(job.id, waiting_for=result.waiting_for, mirror=True)
+            else:
+                self.store.transition(
+                    job.id, State.WAITING, detail=result.waiting_for, waiting_for=result.waiting_for
+                )
+            # Later jobs may have laxer gates (when = "now"): keep looking.
+
+    def _keep_awake(self) -> None:
+        """On macOS, hold off idle sleep while the worker runs (``caffeinate -i -w PID``)."""
+        pid = self.supervisor.current_pid
+        if sys.platform != "darwin" or pid is None or not shutil.which("caffeinate"):
+            return
+        self._release_sleep()
+        self._caffeinate = subprocess.Popen(["caffeinate", "-i", "-w", str(pid)])
+
+    def _release_sleep(self) -> None:
+        if self._caffeinate is not None and self._caffeinate.poll() is None:
+            self._caffeinate.terminate()
+        self._caffeinate = None
