@@ -1,0 +1,421 @@
+"""Start the daemon at login: a LaunchAgent on macOS, a systemd user service on Linux.
+
+``install``, ``uninstall`` and ``status`` are idempotent and never raise for a service
+manager that isn't there: they say what they ran, what failed and what to run by hand.
+Every command goes through one runner, so tests check the argv instead of touching launchd.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import plistlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from daemon.config import DEFAULT_OLLAMA_HOST, Settings, load_settings
+
+LABEL = "com.lorainbox.agent"
+UNIT_NAME = "lorainbox.service"
+TEMPLATE = Path(__file__).resolve().parent.parent / "launchd" / f"{LABEL}.plist"
+SYSTEM_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+# The template's content, for installs that don't ship the launchd/ folder (a built wheel);
+# a test keeps the two equal.
+FALLBACK_TEMPLATE: dict[str, Any] = {
+    "Label": LABEL,
+    "ProgramArguments": ["@LORAINBOX@", "run"],
+    "RunAtLoad": True,
+    "KeepAlive": {"SuccessfulExit": False},
+    "ThrottleInterval": 30,
+    "ProcessType": "Background",
+    "LowPriorityIO": True,
+    "Nice": 10,
+    "StandardOutPath": "@LOG_DIR@/agent.out.log",
+    "StandardErrorPath": "@LOG_DIR@/agent.err.log",
+    "EnvironmentVariables": {"PATH": SYSTEM_PATH, "LORAINBOX_INBOX": "@INBOX@"},
+}
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def why(self) -> str:
+        if self.returncode == 127:
+            return f"{self.argv[0]} is not installed"
+        last = self.output.strip().splitlines()[-1:] or [f"exit status {self.returncode}"]
+        return last[0]
+
+
+class Runner(Protocol):
+    def __call__(self, argv: Sequence[str]) -> CommandResult: ...
+
+
+def run_command(argv: Sequence[str], timeout: float = 30.0) -> CommandResult:
+    """The one place this module runs a program; a missing program is exit status 127."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        return CommandResult(tuple(argv), 127, f"{argv[0]}: command not found")
+    except subprocess.TimeoutExpired:
+        return CommandResult(tuple(argv), 124, f"{argv[0]} did not finish in {timeout:g} s")
+    except OSError as e:
+        return CommandResult(tuple(argv), 126, str(e))
+    return CommandResult(tuple(argv), done.returncode, done.stdout)
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    ok: bool
+    path: Path
+    message: str
+    commands: tuple[CommandResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    installed: bool
+    loaded: bool
+    running: bool
+    pid: int | None
+    path: Path
+    detail: str
+
+    @property
+    def message(self) -> str:
+        if not self.installed and not self.loaded:
+            return "The agent is not installed (`lorainbox agent install` starts it at login)."
+        where = f"installed at {self.path}" if self.installed else f"not at {self.path}"
+        if self.running:
+            pid = f", pid {self.pid}" if self.pid else ""
+            return f"The agent is {where} and running{pid}."
+        loaded = "loaded but not running" if self.loaded else "not loaded"
+        return f"The agent is {where}, {loaded} ({self.detail})."
+
+
+def find_program() -> Path:
+    """The ``lorainbox`` executable of this installation, as an absolute path."""
+    beside = Path(sys.executable).with_name("lorainbox")
+    if beside.is_file():
+        return beside.absolute()
+    found = shutil.which("lorainbox")
+    if found:
+        return Path(found).absolute()
+    raise AgentError(
+        "can't find the lorainbox command; install the package (pip install lorainbox) "
+        "so that `lorainbox` is on PATH, then run `lorainbox agent install` again"
+    )
+
+
+def plist_path(home: Path) -> Path:
+    return home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+
+
+def unit_path(home: Path) -> Path:
+    return home / ".config" / "systemd" / "user" / UNIT_NAME
+
+
+def _search_path(program: Path, base: str = SYSTEM_PATH) -> str:
+    parts = base.split(":")
+    folder = str(program.parent)
+    return base if folder in parts else ":".join([folder, *parts])
+
+
+def render_plist(
+    program: Path,
+    *,
+    inbox: Path,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    template: Path = TEMPLATE,
+) -> bytes:
+    """The LaunchAgent: the template with its ``@...@`` values filled in."""
+    if template.is_file():
+        with template.open("rb") as f:
+            plist = plistlib.load(f)
+    else:
+        plist = copy.deepcopy(FALLBACK_TEMPLATE)
+    values = {
+        "@LORAINBOX@": str(program.absolute()),
+        "@LOG_DIR@": str(log_dir.absolute()),
+        "@INBOX@": str(inbox.absolute()),
+    }
+    plist = _fill(plist, values)
+    environment = plist.setdefault("EnvironmentVariables", {})
+    environment["PATH"] = _search_path(program, environment.get("PATH", SYSTEM_PATH))
+    environment.update(env or {})
+    return plistlib.dumps(plist, sort_keys=False)
+
+
+def _fill(value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        for placeholder, text in values.items():
+            value = value.replace(placeholder, text)
+        return value
+    if isinstance(value, dict):
+        return {k: _fill(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, values) for v in value]
+    return value
+
+
+def _unit_quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
+def render_unit(program: Path, *, inbox: Path, env: Mapping[str, str] | None = None) -> str:
+    """The systemd user service: restarted on a crash, niced, idle-class I/O."""
+    program = program.absolute()
+    environment = {"PATH": _search_path(program, "/usr/local/bin:/usr/bin:/bin")}
+    environment["LORAINBOX_INBOX"] = str(inbox.absolute())
+    environment.update(env or {})
+    lines = [
+        "[Unit]",
+        "Description=LoRA Inbox: trains the LoRAs dropped into the inbox while the machine is idle",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"ExecStart={_unit_quote(str(program)).replace('$', '$$')} run",
+        "Restart=on-failure",
+        "RestartSec=30",
+        "Nice=10",
+        "IOSchedulingClass=idle",
+        *(f"Environment={_unit_quote(f'{k}={v}')}" for k, v in environment.items()),
+        "",
+        "[Install]",
+        "WantedBy=default.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Target:
+    program: Path
+    inbox: Path
+    log_dir: Path
+    env: dict[str, str]
+
+
+def _target(
+    settings: Settings | None,
+    program: Path | None,
+    inbox: Path | None,
+    log_dir: Path | None,
+    env: Mapping[str, str] | None,
+) -> _Target:
+    """Explicit arguments win; the rest comes from the settings (loaded when not given).
+
+    The agent gets the settings' state folder and Ollama address in its environment, so it
+    runs with what ``lorainbox agent install --inbox … --config …`` was given.
+    """
+    if settings is None and (inbox is None or log_dir is None):
+        settings = load_settings()
+    environment: dict[str, str] = {}
+    if settings is not None:
+        environment["LORAINBOX_STATE_DIR"] = str(settings.state_dir)
+        if settings.ollama_host != DEFAULT_OLLAMA_HOST:
+            environment["OLLAMA_HOST"] = settings.ollama_host
+        inbox = inbox or settings.inbox
+        log_dir = log_dir or settings.log_dir
+    environment.update(env or {})
+    assert inbox is not None and log_dir is not None
+    return _Target(program or find_program(), inbox, log_dir, environment)
+
+
+def render(
+    *,
+    settings: Settings | None = None,
+    program: Path | None = None,
+    inbox: Path | None = None,
+    log_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    platform: str = sys.platform,
+) -> str:
+    """What ``install`` would write on this platform: the plist on macOS, else the unit."""
+    t = _target(settings, program, inbox, log_dir, env)
+    if platform == "darwin":
+        return render_plist(t.program, inbox=t.inbox, log_dir=t.log_dir, env=t.env).decode()
+    return render_unit(t.program, inbox=t.inbox, env=t.env)
+
+
+def install(
+    *,
+    settings: Settings | None = None,
+    home: Path | None = None,
+    program: Path | None = None,
+    inbox: Path | None = None,
+    log_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    runner: Runner = run_command,
+    platform: str = sys.platform,
+    uid: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> AgentReport:
+    """Write the agent definition and (re)start it; installing twice restarts it."""
+    home = home or Path.home()
+    t = _target(settings, program, inbox, log_dir, env)
+    if platform == "darwin":
+        return _install_launchd(home, t, runner, _uid(uid), sleep)
+    if platform.startswith("linux"):
+        return _install_systemd(home, t, runner)
+    return AgentReport(False, home, f"starting at login is not supported on {platform}")
+
+
+def uninstall(
+    *,
+    home: Path | None = None,
+    runner: Runner = run_command,
+    platform: str = sys.platform,
+    uid: int | None = None,
+) -> AgentReport:
+    """Stop the agent and remove its definition; fine when it isn't installed."""
+    home = home or Path.home()
+    if platform == "darwin":
+        path = plist_path(home)
+        ran = (runner(["launchctl", "bootout", f"gui/{_uid(uid)}/{LABEL}"]),)
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        what = f"Removed {path}" if existed else f"{path} was not installed"
+        return AgentReport(True, path, f"{what}; {LABEL} is stopped.", ran)
+    if platform.startswith("linux"):
+        path = unit_path(home)
+        ran = [runner(["systemctl", "--user", "disable", "--now", UNIT_NAME])]
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        ran.append(runner(["systemctl", "--user", "daemon-reload"]))
+        what = f"Removed {path}" if existed else f"{path} was not installed"
+        return AgentReport(True, path, f"{what}.", tuple(ran))
+    return AgentReport(True, home, f"nothing is installed at login on {platform}")
+
+
+def status(
+    *,
+    home: Path | None = None,
+    runner: Runner = run_command,
+    platform: str = sys.platform,
+    uid: int | None = None,
+) -> AgentStatus:
+    """Whether the agent is installed, loaded by the service manager, and running."""
+    home = home or Path.home()
+    if platform == "darwin":
+        path = plist_path(home)
+        shown = runner(["launchctl", "print", f"gui/{_uid(uid)}/{LABEL}"])
+        state = re.search(r"^\s*state = (\S+)", shown.output, re.M)
+        pid = re.search(r"^\s*pid = (\d+)", shown.output, re.M)
+        running = shown.ok and state is not None and state.group(1) == "running"
+        if not shown.ok:
+            detail = f"not loaded ({shown.why()})"
+        else:
+            detail = f"state = {state.group(1)}" if state else "loaded"
+        return AgentStatus(
+            path.exists(), shown.ok, running, int(pid.group(1)) if pid else None, path, detail
+        )
+    path = unit_path(home)
+    active = runner(["systemctl", "--user", "is-active", UNIT_NAME])
+    state = active.output.strip() or active.why()
+    main_pid = None
+    if active.ok:
+        shown = runner(["systemctl", "--user", "show", "--property=MainPID", "--value", UNIT_NAME])
+        main_pid = int(shown.output.strip()) if shown.output.strip().isdigit() else None
+    loaded = active.ok or state in ("failed", "activating", "deactivating", "reloading")
+    return AgentStatus(path.exists(), loaded, active.ok, main_pid or None, path, state)
+
+
+def _uid(uid: int | None) -> int:
+    return os.getuid() if uid is None else uid
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _install_launchd(
+    home: Path,
+    t: _Target,
+    runner: Runner,
+    uid: int,
+    sleep: Callable[[float], None],
+) -> AgentReport:
+    path = plist_path(home)
+    t.log_dir.mkdir(parents=True, exist_ok=True)
+    _write(path, render_plist(t.program, inbox=t.inbox, log_dir=t.log_dir, env=t.env))
+    domain, service = f"gui/{uid}", f"gui/{uid}/{LABEL}"
+    ran = [runner(["launchctl", "print", service])]
+    if ran[-1].ok:
+        ran.append(runner(["launchctl", "bootout", service]))
+    # Right after a bootout launchd may still be tearing the old job down; give it a moment.
+    attempts = 3 if len(ran) == 2 else 1
+    for attempt in range(attempts):
+        if attempt:
+            sleep(0.5)
+        boot = runner(["launchctl", "bootstrap", domain, str(path)])
+        ran.append(boot)
+        if boot.ok:
+            break
+    if boot.ok:
+        return AgentReport(True, path, f"Installed {path}; launchd started {LABEL}.", tuple(ran))
+    return AgentReport(
+        False,
+        path,
+        f"Wrote {path}, but `launchctl bootstrap {domain} {path}` failed: {boot.why()}. "
+        f"Run it yourself to see launchd's complaint.",
+        tuple(ran),
+    )
+
+
+def _install_systemd(home: Path, t: _Target, runner: Runner) -> AgentReport:
+    path = unit_path(home)
+    _write(path, render_unit(t.program, inbox=t.inbox, env=t.env).encode())
+    steps = (
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "--now", UNIT_NAME],
+    )
+    ran: list[CommandResult] = []
+    for argv in steps:
+        ran.append(runner(argv))
+        if not ran[-1].ok:
+            by_hand = "\n".join(f"  {' '.join(s)}" for s in steps)
+            return AgentReport(
+                False,
+                path,
+                f"Wrote {path}, but `{' '.join(argv)}` failed: {ran[-1].why()}. "
+                f"The service was not started. Where a systemd user session is available "
+                f"(a desktop or `loginctl enable-linger`), run:\n{by_hand}",
+                tuple(ran),
+            )
+    return AgentReport(
+        True,
+        path,
+        f"Installed {path}; systemd started {UNIT_NAME} (logs: journalctl --user -u {UNIT_NAME}).",
+        tuple(ran),
+    )

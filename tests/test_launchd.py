@@ -1,0 +1,367 @@
+"""The LaunchAgent plist, the systemd unit, and the commands install/uninstall/status run.
+
+launchctl is never run: a fake runner records the argv each call would run. Nothing is
+written outside tmp_path (the home folder is a parameter).
+"""
+
+from __future__ import annotations
+
+import plistlib
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from daemon import launchd
+from daemon.launchd import (
+    FALLBACK_TEMPLATE,
+    LABEL,
+    TEMPLATE,
+    CommandResult,
+    install,
+    render,
+    render_plist,
+    render_unit,
+    run_command,
+    status,
+    uninstall,
+)
+
+UID = 501
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Path:
+    exe = tmp_path / "venv bin" / "lorainbox"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.fixture
+def where(tmp_path: Path, program: Path) -> dict[str, Path]:
+    return {"program": program, "inbox": tmp_path / "LoRAInbox", "log_dir": tmp_path / "logs"}
+
+
+def plist_of(where: dict[str, Path]) -> dict:
+    return plistlib.loads(
+        render_plist(where["program"], inbox=where["inbox"], log_dir=where["log_dir"])
+    )
+
+
+# --- the plist ---------------------------------------------------------------------------
+
+
+def test_plist_has_what_launchd_needs(where: dict[str, Path]) -> None:
+    p = plist_of(where)
+    assert p["Label"] == LABEL
+    assert p["ProgramArguments"] == [str(where["program"]), "run"]
+    assert Path(p["ProgramArguments"][0]).is_absolute()
+    assert p["RunAtLoad"] is True
+    assert p["KeepAlive"] == {"SuccessfulExit": False}
+    assert isinstance(p["ThrottleInterval"], int) and p["ThrottleInterval"] >= 10
+    assert p["ProcessType"] == "Background"
+    assert p["LowPriorityIO"] is True
+    assert isinstance(p["Nice"], int) and p["Nice"] > 0
+    assert p["StandardOutPath"] == str(where["log_dir"] / "agent.out.log")
+    assert p["StandardErrorPath"] == str(where["log_dir"] / "agent.err.log")
+    env = p["EnvironmentVariables"]
+    assert env["LORAINBOX_INBOX"] == str(where["inbox"])
+    path = env["PATH"].split(":")
+    for folder in ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"):
+        assert folder in path
+    assert path[0] == str(where["program"].parent)
+    assert "@" not in plistlib.dumps(p).decode(), "a template placeholder was left unfilled"
+
+
+def test_plist_takes_extra_environment(where: dict[str, Path]) -> None:
+    data = render_plist(
+        where["program"],
+        inbox=where["inbox"],
+        log_dir=where["log_dir"],
+        env={"OLLAMA_HOST": "http://h:1"},
+    )
+    assert plistlib.loads(data)["EnvironmentVariables"]["OLLAMA_HOST"] == "http://h:1"
+
+
+def test_template_file_and_fallback_agree(where: dict[str, Path], tmp_path: Path) -> None:
+    with TEMPLATE.open("rb") as f:
+        assert plistlib.load(f) == FALLBACK_TEMPLATE
+    args = (where["program"],)
+    kw = {"inbox": where["inbox"], "log_dir": where["log_dir"]}
+    assert render_plist(*args, **kw) == render_plist(*args, **kw, template=tmp_path / "none.plist")
+
+
+def test_plist_is_well_formed(where: dict[str, Path], tmp_path: Path) -> None:
+    data = render_plist(where["program"], inbox=where["inbox"], log_dir=where["log_dir"])
+    assert data.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE plist PUBLIC')
+    assert plistlib.loads(data, fmt=plistlib.FMT_XML)["Label"] == LABEL
+    plutil = shutil.which("plutil")
+    if plutil:  # only on a Mac; elsewhere the checks above stand in for it
+        target = tmp_path / "agent.plist"
+        target.write_bytes(data)
+        lint = subprocess.run([plutil, "-lint", str(target)], capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_template_is_valid_as_shipped() -> None:
+    with TEMPLATE.open("rb") as f:
+        template = plistlib.load(f)
+    assert template["ProgramArguments"] == ["@LORAINBOX@", "run"]
+
+
+# --- launchctl ---------------------------------------------------------------------------
+
+
+LAUNCHCTL_PRINT = """gui/501/com.lorainbox.agent = {
+\tactive count = 1
+\tpath = /Users/me/Library/LaunchAgents/com.lorainbox.agent.plist
+\ttype = LaunchAgent
+\tstate = running
+
+\tprogram = /Users/me/.venv/bin/lorainbox
+\targuments = {
+\t\t/Users/me/.venv/bin/lorainbox
+\t\trun
+\t}
+
+\tpid = 4242
+\timmediate reason = speculative
+}
+"""
+
+
+class FakeLaunchctl:
+    """Plays launchd: remembers whether the agent is loaded, records every argv."""
+
+    def __init__(self, loaded: bool = False, bootstrap_codes: Sequence[int] = ()) -> None:
+        self.loaded = loaded
+        self.bootstrap_codes = list(bootstrap_codes)
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> CommandResult:
+        self.calls.append(list(argv))
+        verb = argv[1]
+        if verb == "print":
+            if self.loaded:
+                return CommandResult(tuple(argv), 0, LAUNCHCTL_PRINT)
+            return CommandResult(tuple(argv), 113, f'Could not find service "{LABEL}" in domain')
+        if verb == "bootout":
+            was, self.loaded = self.loaded, False
+            return CommandResult(tuple(argv), 0 if was else 3, "" if was else "Boot-out failed: 3")
+        code = self.bootstrap_codes.pop(0) if self.bootstrap_codes else 0
+        self.loaded = code == 0
+        return CommandResult(
+            tuple(argv), code, "" if code == 0 else "Bootstrap failed: 5: Input/output error"
+        )
+
+
+def mac_install(tmp_path: Path, where: dict[str, Path], runner: FakeLaunchctl, **kw: object):
+    return install(home=tmp_path / "home", runner=runner, platform="darwin", uid=UID, **where, **kw)
+
+
+def test_install_when_not_loaded(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl()
+    report = mac_install(tmp_path, where, runner)
+    plist = tmp_path / "home" / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+    assert report.ok and report.path == plist
+    assert runner.calls == [
+        ["launchctl", "print", f"gui/{UID}/{LABEL}"],
+        ["launchctl", "bootstrap", f"gui/{UID}", str(plist)],
+    ]
+    assert plistlib.loads(plist.read_bytes())["ProgramArguments"][0] == str(where["program"])
+    assert where["log_dir"].is_dir()
+
+
+def test_install_again_restarts_it(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl()
+    mac_install(tmp_path, where, runner)
+    runner.calls.clear()
+    report = mac_install(tmp_path, where, runner)
+    assert report.ok
+    assert [c[1] for c in runner.calls] == ["print", "bootout", "bootstrap"]
+    assert runner.calls[1] == ["launchctl", "bootout", f"gui/{UID}/{LABEL}"]
+
+
+def test_bootstrap_right_after_bootout_is_retried(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl(loaded=True, bootstrap_codes=[5, 0])
+    naps: list[float] = []
+    report = mac_install(tmp_path, where, runner, sleep=naps.append)
+    assert report.ok
+    assert [c[1] for c in runner.calls] == ["print", "bootout", "bootstrap", "bootstrap"]
+    assert naps == [0.5]
+
+
+def test_a_failed_bootstrap_is_reported_not_raised(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl(bootstrap_codes=[5])
+    report = mac_install(tmp_path, where, runner)
+    assert not report.ok
+    assert "launchctl bootstrap" in report.message and "Input/output error" in report.message
+    assert report.path.exists()
+
+
+def test_uninstall(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl()
+    mac_install(tmp_path, where, runner)
+    runner.calls.clear()
+    report = uninstall(home=tmp_path / "home", runner=runner, platform="darwin", uid=UID)
+    assert report.ok and not report.path.exists()
+    assert runner.calls == [["launchctl", "bootout", f"gui/{UID}/{LABEL}"]]
+    assert not runner.loaded
+
+
+def test_uninstall_when_absent_is_fine(tmp_path: Path) -> None:
+    runner = FakeLaunchctl()
+    report = uninstall(home=tmp_path, runner=runner, platform="darwin", uid=UID)
+    assert report.ok and "was not installed" in report.message
+
+
+def test_status_reads_launchctl_print(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl()
+    before = status(home=tmp_path / "home", runner=runner, platform="darwin", uid=UID)
+    assert (before.installed, before.loaded, before.running, before.pid) == (
+        False,
+        False,
+        False,
+        None,
+    )
+    mac_install(tmp_path, where, runner)
+    after = status(home=tmp_path / "home", runner=runner, platform="darwin", uid=UID)
+    assert (after.installed, after.loaded, after.running, after.pid) == (True, True, True, 4242)
+    assert after.detail == "state = running"
+
+
+# --- systemd -----------------------------------------------------------------------------
+
+
+def test_unit_content(where: dict[str, Path]) -> None:
+    unit = render_unit(where["program"], inbox=where["inbox"])
+    lines = unit.splitlines()
+    assert f'ExecStart="{where["program"]}" run' in lines
+    for line in (
+        "Restart=on-failure",
+        "Nice=10",
+        "IOSchedulingClass=idle",
+        "WantedBy=default.target",
+    ):
+        assert line in lines
+    assert f'Environment="LORAINBOX_INBOX={where["inbox"]}"' in lines
+    assert any(line.startswith(f'Environment="PATH={where["program"].parent}:') for line in lines)
+
+
+def test_unit_escapes_what_systemd_would_expand() -> None:
+    unit = render_unit(Path("/opt/a$b/lorainbox"), inbox=Path("/in"), env={"X": 'say "50%" \\ ok'})
+    assert 'ExecStart="/opt/a$$b/lorainbox" run' in unit
+    assert 'Environment="X=say \\"50%%\\" \\\\ ok"' in unit
+
+
+def test_unit_verifies_with_systemd_analyze(where: dict[str, Path], tmp_path: Path) -> None:
+    unit_file = tmp_path / "lorainbox.service"
+    unit_file.write_text(render_unit(where["program"], inbox=where["inbox"], env={"Q": "50% off"}))
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # systemd-analyze prints parse errors as warnings and still exits 0
+        done = subprocess.run([analyze, "verify", str(unit_file)], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+    assert unit_file.read_text().count("[Service]") == 1
+
+
+class FakeSystemctl:
+    def __init__(self, code: int, output: str) -> None:
+        self.code, self.output = code, output
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> CommandResult:
+        self.calls.append(list(argv))
+        return CommandResult(tuple(argv), self.code, self.output)
+
+
+def test_linux_install_enables_the_unit(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeSystemctl(0, "")
+    report = install(home=tmp_path, runner=runner, platform="linux", **where)
+    unit = tmp_path / ".config" / "systemd" / "user" / "lorainbox.service"
+    assert report.ok and report.path == unit and unit.is_file()
+    assert runner.calls == [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "--now", "lorainbox.service"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "output", "why"),
+    [
+        (1, "Failed to connect to bus: No medium found\n", "Failed to connect to bus"),
+        (127, "systemctl: command not found", "systemctl is not installed"),
+    ],
+)
+def test_linux_install_without_systemd_explains(
+    tmp_path: Path, where: dict[str, Path], code: int, output: str, why: str
+) -> None:
+    runner = FakeSystemctl(code, output)
+    report = install(home=tmp_path, runner=runner, platform="linux", **where)
+    assert not report.ok
+    assert report.path.is_file()
+    assert why in report.message
+    assert "systemctl --user daemon-reload" in report.message
+    assert "systemctl --user enable --now lorainbox.service" in report.message
+    assert len(runner.calls) == 1
+
+
+def test_linux_uninstall_when_absent(tmp_path: Path) -> None:
+    runner = FakeSystemctl(1, "Failed to connect to bus")
+    report = uninstall(home=tmp_path, runner=runner, platform="linux")
+    assert report.ok and "was not installed" in report.message
+
+
+def test_linux_status_on_this_machine_does_not_crash(tmp_path: Path) -> None:
+    result = status(home=tmp_path, platform="linux")
+    assert not result.installed
+    assert result.detail
+
+
+def test_render_picks_the_platforms_format(where: dict[str, Path]) -> None:
+    assert "<key>ProgramArguments</key>" in render(platform="darwin", **where)
+    assert "[Service]" in render(platform="linux", **where)
+
+
+def test_run_command_reports_missing_programs_and_failures() -> None:
+    missing = run_command(["lorainbox-no-such-tool"])
+    assert missing.returncode == 127 and missing.why() == "lorainbox-no-such-tool is not installed"
+    failed = run_command(["sh", "-c", "echo first; echo the reason >&2; exit 3"])
+    assert (failed.returncode, failed.why()) == (3, "the reason")
+
+
+def test_unsupported_platform_is_reported(tmp_path: Path, where: dict[str, Path]) -> None:
+    report = install(home=tmp_path, platform="win32", runner=FakeSystemctl(0, ""), **where)
+    assert not report.ok and "win32" in report.message
+    assert launchd.UNIT_NAME == "lorainbox.service"
+
+
+def test_settings_supply_the_inbox_logs_and_environment(tmp_path: Path, program: Path) -> None:
+    from daemon.config import Settings
+
+    settings = Settings(
+        inbox=tmp_path / "Inbox", state_dir=tmp_path / "state", ollama_host="http://mini:11434"
+    )
+    p = plistlib.loads(render(settings=settings, program=program, platform="darwin").encode())
+    env = p["EnvironmentVariables"]
+    assert env["LORAINBOX_INBOX"] == str(tmp_path / "Inbox")
+    assert env["LORAINBOX_STATE_DIR"] == str(tmp_path / "state")
+    assert env["OLLAMA_HOST"] == "http://mini:11434"
+    assert p["StandardErrorPath"] == str(tmp_path / "state" / "logs" / "agent.err.log")
+    unit = render(settings=Settings(inbox=tmp_path / "Inbox"), program=program, platform="linux")
+    assert "OLLAMA_HOST" not in unit
+
+
+def test_status_messages(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl()
+    home = tmp_path / "home"
+    assert "not installed" in status(home=home, runner=runner, platform="darwin", uid=UID).message
+    mac_install(tmp_path, where, runner)
+    running = status(home=home, runner=runner, platform="darwin", uid=UID).message
+    assert "running, pid 4242" in running
+    runner.loaded = False
+    stopped = status(home=home, runner=runner, platform="darwin", uid=UID).message
+    assert "not loaded" in stopped and "Could not find service" in stopped
