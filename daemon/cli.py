@@ -400,7 +400,12 @@ def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     from daemon import launchd
 
     settings = _settings(inbox, config)
-    console.print(launchd.install(settings=settings).message)
+    try:
+        report = launchd.install(settings=settings)
+    except launchd.AgentError as e:
+        raise _fail(str(e)) from None
+    console.print(report.message)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @agent_app.command("uninstall")
@@ -425,7 +430,10 @@ def agent_plist(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     from daemon import launchd
 
     settings = _settings(inbox, config)
-    print(launchd.render(settings=settings))
+    try:
+        print(launchd.render(settings=settings))
+    except launchd.AgentError as e:
+        raise _fail(str(e)) from None
 
 
 @app.command()

@@ -96,7 +96,14 @@ class Scheduler:
         recipe = load_recipe_of(job)
         spec = ScheduleSpec(**recipe.schedule.model_dump())
         assert self.last_readings is not None
-        return evaluate(spec, self.last_readings, datetime.now(), running=running)
+        estimate = (job.result.get("footprint") or {}).get("estimate_gb")
+        return evaluate(
+            spec,
+            self.last_readings,
+            datetime.now(),
+            running=running,
+            memory_needed_gb=estimate or recipe.memory.max_gb,
+        )
 
     def _check_running(self, job: Job) -> None:
         if job.state != State.TRAINING:
