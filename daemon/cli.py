@@ -338,6 +338,7 @@ def register(
     """Upload a GGUF to the local Ollama and create a model from it."""
     from datetime import datetime
 
+    from daemon.errors import DropError
     from daemon.ollama import (
         OllamaClient,
         OllamaError,
@@ -367,7 +368,7 @@ def register(
                 template=None,
                 quantize=q,
                 stamp=datetime.now(),
-                on_status=lambda s: st.update(f"Ollama: {s}"),
+                on_status=lambda s: st.update(f"Ollama: {s.get('status', s)}"),
             )
     except OllamaUnavailable as e:
         raise _fail(
@@ -375,6 +376,8 @@ def register(
         ) from None
     except OllamaError as e:
         raise _fail(f"Ollama refused: {e}") from None
+    except DropError as e:
+        raise _fail(str(e)) from None
     console.print(f"Registered [bold]{result.latest}[/bold] — try `ollama run {name}`")
 
 

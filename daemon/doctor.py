@@ -58,14 +58,14 @@ def _module(name: str, label: str, fix: str) -> Callable[[], Check]:
 def _ollama(settings: Settings) -> Check:
     from daemon.ollama import OllamaClient, OllamaUnavailable
 
-    client = OllamaClient(settings.ollama_host)
     try:
-        version = client.version()
+        with OllamaClient(settings.ollama_host) as client:
+            version = client.version()
     except OllamaUnavailable:
         return (
             "Ollama",
             None,
-            f"not answering at {client.base_url}: models are kept as GGUF until it runs "
+            f"not answering at {settings.ollama_host}: models are kept as GGUF until it runs "
             "(install from ollama.com, then `ollama serve`)",
         )
     return ("Ollama", True, f"version {version} at {client.base_url}")

@@ -84,13 +84,21 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
     if recipe.kind == "llm" and recipe.export.gguf and recipe.ollama.enabled:
         store.transition(job.id, State.REGISTERING)
         registrar = Registrar(
-            store, settings.ollama_host, str(drop.parent), 0, wait_for_ollama=False
+            store,
+            settings.ollama_host,
+            str(drop.parent),
+            0,
+            wait_for_ollama=False,
+            on_refused=lambda j, msg: store.transition(j.id, State.FAILED, detail=msg, error=msg),
         )
         registrar.attempt(store.get(job.id))
     else:
         store.transition(job.id, State.DONE)
     job = store.get(job.id)
     write_results(job, load_recipe_of(job), store, final=True)
+    if job.state == State.FAILED:
+        console.print(f"[red]Ollama refused the model:[/red] {job.error}")
+        return 1
     console.print(f"[green]Done.[/green] Results in {drop} (report.md, loss.png, Modelfile).")
     if job.result.get("registered"):
         console.print(f"Try it: `ollama run {job.model}`")

@@ -44,18 +44,22 @@ class Registrar:
     def attempt(self, job: Job) -> None:
         recipe = load_recipe_of(job)
         gguf = Path(job.folder) / "model.gguf"
-        client = OllamaClient(self.host)
+        # One version tag per job, however many tries it takes.
+        stamp = job.result.get("register_stamp") or datetime.now().isoformat(timespec="seconds")
+        if "register_stamp" not in job.result:
+            job = self.store.update(job.id, result={**job.result, "register_stamp": stamp})
         try:
-            result = register_model(
-                client,
-                gguf,
-                recipe.ollama_model,
-                system=recipe.ollama.system,
-                parameters=recipe.ollama.parameters,
-                template=recipe.ollama.template,
-                quantize=recipe.export.quantize,
-                stamp=datetime.now(),
-            )
+            with OllamaClient(self.host) as client:
+                result = register_model(
+                    client,
+                    gguf,
+                    recipe.ollama_model,
+                    system=recipe.ollama.system,
+                    parameters=recipe.ollama.parameters,
+                    template=recipe.ollama.template,
+                    quantize=recipe.export.quantize,
+                    stamp=datetime.fromisoformat(stamp),
+                )
         except OllamaUnavailable as e:
             self._unavailable(job, str(e))
             return

@@ -86,14 +86,15 @@ def write_modelfile(job_dir: Path, recipe: Recipe) -> Path | None:
     if not gguf.exists():
         return None
     from daemon.export.gguf import inspect_gguf, modelfile_text, stop_tokens
+    from daemon.export.templates import ollama_template
 
+    info = inspect_gguf(gguf)
     params = dict(recipe.ollama.parameters)
-    if "stop" not in params:
-        stops = stop_tokens(inspect_gguf(gguf))
-        if stops:
-            params["stop"] = stops
+    if "stop" not in params and (stops := stop_tokens(info)):
+        params["stop"] = stops
+    template = recipe.ollama.template or ollama_template(info.chat_template)
     out = job_dir / MODELFILE
-    out.write_text(modelfile_text(gguf.name, recipe.ollama.system, params, recipe.ollama.template))
+    out.write_text(modelfile_text(gguf.name, recipe.ollama.system, params, template))
     return out
 
 
@@ -129,7 +130,7 @@ def _summary(job: Job, recipe: Recipe) -> list[str]:
     out = [f"- **State:** {job.state.value}", f"- **Base model:** `{recipe.base_model}`"]
     reg = job.result.get("ollama")
     if reg:
-        out.append(f"- **Ollama:** `{reg.get('latest')}` (also `{reg.get('versioned')}`)")
+        out.append(f"- **Ollama:** `{reg.get('latest')}` (also `{reg.get('version')}`)")
         out.append(f"- **Try it:** `ollama run {recipe.ollama_model}`")
     elif job.result.get("registered") is False:
         out.append(

@@ -1,0 +1,148 @@
+"""GGUF export with llama.cpp's converter: metadata that must travel, llama.cpp runs the result,
+and people's mistakes (unknown architecture, broken tokenizer, damaged file) read clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from daemon.errors import DropError
+from daemon.export.gguf import convert_to_gguf, inspect_gguf, modelfile_text, stop_tokens
+from daemon.export.templates import CHATML, ollama_template
+
+if TYPE_CHECKING:
+    from tests.fixtures_models import Exported
+
+pytest_plugins = ["tests.fixtures_models"]
+
+
+@pytest.mark.parametrize(("outtype", "file_type"), [("f16", "F16"), ("q8_0", "Q8_0")])
+def test_metadata_travels_into_the_gguf(
+    tiny_ggufs: dict[str, Exported], tiny_hf: Path, outtype: str, file_type: str
+) -> None:
+    info = tiny_ggufs[outtype].info
+    assert info.path.name == "model.gguf" and info.path.is_file()
+    assert info.file_type == file_type
+    assert info.quantized == (outtype == "q8_0")
+    assert info.architecture == "llama"
+    assert info.tokenizer_model == "llama"
+    assert info.tensor_count > 0 and info.parameter_count > 100_000
+    assert info.context_length == 1024
+    assert info.chat_template == (tiny_hf / "chat_template.jinja").read_text()
+    assert (info.eos_token, info.bos_token) == ("<|im_end|>", "<s>")
+    assert info.eos_token_id == json.loads((tiny_hf / "config.json").read_text())["eos_token_id"]
+    assert [p.name for p in info.path.parent.iterdir()] == ["model.gguf"]  # no partial, no log
+    as_json = json.loads(json.dumps(info.as_dict()))
+    assert as_json["path"] == str(info.path) and as_json["file_type"] == file_type
+
+
+def test_progress_is_reported(tiny_ggufs: dict[str, Exported]) -> None:
+    stages = [stage for stage, _ in tiny_ggufs["f16"].progress]
+    assert stages[0] == "loading" and stages[-1] == "done"
+    assert "writing" in stages
+
+
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_llama_cpp_loads_and_generates(tiny_ggufs: dict[str, Exported], outtype: str) -> None:
+    from llama_cpp import Llama
+
+    llm = Llama(str(tiny_ggufs[outtype].info.path), n_ctx=256, verbose=False, seed=0)
+    out = llm.create_completion("The capital of France is", max_tokens=8, temperature=0)
+    assert out["usage"]["completion_tokens"] >= 1
+    assert isinstance(out["choices"][0]["text"], str)
+    assert llm.metadata["tokenizer.chat_template"].startswith("{% for message in messages %}")
+
+
+def test_stop_tokens_and_modelfile(tiny_ggufs: dict[str, Exported]) -> None:
+    info = tiny_ggufs["f16"].info
+    stops = stop_tokens(info)
+    assert stops == ["<|im_end|>", "<|im_start|>"]
+    template = ollama_template(info.chat_template)
+    assert template == CHATML
+    text = modelfile_text(
+        "model.gguf", "You are a pirate.", {"stop": stops, "temperature": 0.7}, template
+    )
+    assert text.splitlines()[0] == "FROM ./model.gguf"
+    assert 'SYSTEM """You are a pirate."""' in text
+    assert f'TEMPLATE """{CHATML}"""' in text
+    assert 'PARAMETER stop "<|im_end|>"\nPARAMETER stop "<|im_start|>"\n' in text
+    assert "PARAMETER temperature 0.7\n" in text
+    with pytest.raises(DropError, match="triple double quote"):
+        modelfile_text("model.gguf", system='say """hi"""')
+
+
+def test_unsupported_architecture_is_a_clear_drop_error(tiny_hf: Path, tmp_path: Path) -> None:
+    model = shutil.copytree(tiny_hf, tmp_path / "foo")
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["FooBarForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out" / "model.gguf"
+    with pytest.raises(DropError) as err:
+        convert_to_gguf(model, out)
+    problem = err.value.problems[0]
+    assert "architecture FooBarForCausalLM is not supported" in problem.what
+    assert "Llama, Qwen2" in problem.fix and "[export] gguf = false" in problem.fix
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir()] == ["model.convert.log"]
+
+
+def test_broken_tokenizer_is_a_clear_drop_error(tiny_hf: Path, tmp_path: Path) -> None:
+    model = shutil.copytree(tiny_hf, tmp_path / "broken")
+    (model / "tokenizer.model").write_bytes(b"this is not a sentencepiece model")
+    out = tmp_path / "model.gguf"
+    with pytest.raises(DropError) as err:
+        convert_to_gguf(model, out, "q8_0")
+    problem = err.value.problems[0]
+    assert "could not read the tokenizer" in problem.what
+    assert "tokenizer.model" in problem.what
+    assert "convert.log" in problem.where
+    assert not out.exists()
+
+
+def test_folder_without_config_or_architecture(tmp_path: Path) -> None:
+    with pytest.raises(DropError, match="no config.json"):
+        convert_to_gguf(tmp_path, tmp_path / "model.gguf")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(DropError, match="names no architecture"):
+        convert_to_gguf(tmp_path, tmp_path / "model.gguf")
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    with pytest.raises(DropError, match="no weights"):
+        convert_to_gguf(tmp_path, tmp_path / "model.gguf")
+    with pytest.raises(DropError, match="q4_K_M"):
+        convert_to_gguf(tmp_path, tmp_path / "model.gguf", "q4_K_M")  # type: ignore[arg-type]
+
+
+def test_damaged_gguf_is_refused(tiny_gguf: Path, tmp_path: Path) -> None:
+    data = tiny_gguf.read_bytes()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(data[: len(data) // 2])
+    header_only = tmp_path / "header.gguf"
+    header_only.write_bytes(data[:64])
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf at all" * 10)
+    for path in (truncated, header_only, garbage):
+        with pytest.raises(DropError) as err:
+            inspect_gguf(path)
+        assert err.value.problems[0].where == str(path)
+        assert "export the model again" in err.value.problems[0].fix
+    with pytest.raises(DropError, match="not found"):
+        inspect_gguf(tmp_path / "missing.gguf")
+
+
+def test_gguf_without_tensors_or_tokenizer_is_refused(tmp_path: Path) -> None:
+    import gguf
+
+    path = tmp_path / "empty.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(DropError) as err:
+        inspect_gguf(path)
+    whats = " / ".join(p.what for p in err.value.problems)
+    assert "no tensors" in whats and "no tokenizer" in whats and "end-of-sequence" in whats
