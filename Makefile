@@ -14,13 +14,24 @@ ifeq ($(UNAME),Linux)
 LLAMA_CMAKE := -DGGML_NATIVE=OFF
 endif
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean chromium
 
 demo: $(VENV)/.installed
 	$(BIN)/lorainbox demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/python -m pytest -q
+
+# The status page is tested in a real headless browser: Debian's Chromium on Linux (no browser
+# download), Playwright's own Chromium on macOS.
+chromium: $(VENV)/.installed-dev
+ifeq ($(UNAME),Linux)
+	@command -v chromium >/dev/null 2>&1 || { echo "Installing Chromium for the status-page test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }
+else
+	$(BIN)/python -m playwright install chromium
+endif
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check daemon tests bench

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -77,9 +78,15 @@ def status(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     all_inboxes: Annotated[bool, typer.Option("--all", help="Jobs of every inbox.")] = False,
+    web: Annotated[
+        bool, typer.Option("--web", help="Open the status page (print its URL with the token).")
+    ] = False,
 ) -> None:
     """Jobs and their progress."""
     settings = _settings(inbox, config)
+    if web:
+        _open_status_page(settings)
+        return
     store = JobStore(settings.db_path)
     jobs = store.list(None if all_inboxes else str(settings.inbox))
     if as_json:
@@ -93,6 +100,22 @@ def status(
         + (f"[green]running[/green] (pid {pid})" if pid else "[yellow]not running[/yellow]")
     )
     _print_jobs(jobs)
+
+
+def _open_status_page(settings: Settings) -> None:
+    from daemon.status_server import page_url, read_token
+
+    if settings.status_port == 0:
+        raise _fail("the status page is off (status_port = 0 in the config)")
+    token = read_token(settings.state_dir)
+    if token is None:
+        raise _fail("no status page yet: start the daemon (`lorainbox run`), then try again")
+    url = page_url(settings.status_port, token)
+    print(url)
+    if sys.platform == "darwin" or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 def _print_jobs(jobs: list[Job]) -> None:

@@ -71,6 +71,7 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
         "state_dir": "LORAINBOX_STATE_DIR",
         "ollama_host": "OLLAMA_HOST",
         "sensors": "LORAINBOX_SENSORS",
+        "status_port": "LORAINBOX_STATUS_PORT",
     }
     for key, var in env.items():
         if os.environ.get(var):

@@ -27,7 +27,6 @@ from typing import Any, BinaryIO
 import httpx
 
 from daemon.errors import DropError
-from daemon.export.gguf import inspect_gguf, stop_tokens
 from daemon.export.templates import chat_format, ollama_template
 
 DEFAULT_PORT = "11434"
@@ -488,6 +487,8 @@ def register_model(
     same ``stamp`` so the retry makes the same version tag.
     """
     validate_model_name(name, allow_tag=False)
+    from daemon.export.gguf import inspect_gguf, stop_tokens  # numpy + gguf: only when needed
+
     info = inspect_gguf(gguf)
     notes: list[str] = []
 

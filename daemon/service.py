@@ -31,6 +31,7 @@ from daemon.registrar import Registrar
 from daemon.results import write_results
 from daemon.scheduler import Scheduler
 from daemon.sensors import Sensors, make_sensors
+from daemon.status_server import StatusServer, start_status_server
 from daemon.supervisor import (
     EXIT_DROP_ERROR,
     EXIT_OK,
@@ -96,6 +97,9 @@ class DaemonLock:
 
 
 class Daemon:
+    status_server: StatusServer | None = None
+    status_url: str | None = None
+
     def __init__(self, settings: Settings, *, once: bool = False, sensors: Sensors | None = None):
         self.settings = settings
         self.once = once
@@ -144,6 +148,14 @@ class Daemon:
             self.reconcile()
             self.watcher.start()
             self.scheduler.start()
+            self.status_server = start_status_server(
+                self.settings,
+                self.store,
+                self.inbox_key,
+                readings=lambda: self.scheduler.last_readings,
+                wake=self.scheduler.wake,
+            )
+            self.status_url = self.status_server.url if self.status_server else None
             self._install_signals()
             log.info("watching %s", self.layout.root)
             while not self._stop.wait(0.5):
@@ -158,6 +170,8 @@ class Daemon:
         self._stop.set()
 
     def shutdown(self) -> None:
+        if self.status_server is not None:
+            self.status_server.stop()
         self.watcher.stop()
         if self.supervisor.busy:
             self.supervisor.stop("shutdown")

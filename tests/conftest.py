@@ -15,6 +15,7 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     base = tmp_path_factory.getbasetemp()
     os.environ.setdefault("LORAINBOX_CACHE_DIR", str(base / "model-cache"))
     os.environ["OLLAMA_HOST"] = "http://127.0.0.1:9"  # the discard port: refused at once
+    os.environ["LORAINBOX_STATUS_PORT"] = "0"  # tests that want the status page start their own
     os.environ.pop("LORAINBOX_CONFIG", None)
     os.environ.pop("LORAINBOX_INBOX", None)
     os.environ.pop("LORAINBOX_SENSORS", None)
