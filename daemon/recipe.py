@@ -54,8 +54,13 @@ SYNONYMS = {
 }
 
 
+# Pairs of keys of which a recipe sets one: setting one in a child replaces the other inherited.
+EXCLUSIVE_KEYS = (("train", "iters", "epochs"), ("lora", "scale", "alpha"))
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Strict: TOML has real numbers and booleans, so "yes" or "4" in quotes is a mistake to report.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataSpec(_Section):
@@ -248,7 +253,19 @@ def default_recipe(
             where,
             f"add a recipe.toml (see `lorainbox recipes`); available: {', '.join(available_recipes(search_dirs))}",
         )
-    return load_recipe(path, search_dirs=search_dirs, defaults={"name": drop_name})
+    # A placeholder name lets a person's nameless shadow of the built-in validate; replaced below.
+    recipe = load_recipe(path, search_dirs=search_dirs, defaults={"name": "default"})
+    try:
+        recipe.name = drop_name  # the drop's name, not the built-in's: it names the model
+    except ValidationError as e:
+        raise DropError.one(
+            f'the folder name "{drop_name}" cannot name a model: '
+            f"{e.errors()[0]['msg'].removeprefix('Value error, ')}",
+            where,
+            'rename the folder using letters, digits, ".", "_" and "-" (e.g. "pirate-bot"), '
+            "or add a recipe.toml with a name",
+        ) from None
+    return recipe
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -261,9 +278,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
         raise DropError.one(
-            f"the recipe is not UTF-8 text (bad byte at offset {e.start})",
-            str(path),
+            f"the recipe is not UTF-8 text (byte 0x{raw[e.start]:02X} on line {line})",
+            f"{path}, line {line}",
             "save it as UTF-8 (in TextEdit: Format > Make Plain Text, then save as UTF-8)",
         ) from None
     try:
@@ -288,9 +306,10 @@ def _resolve(
     path = path.resolve()
     if path in chain:
         names = " -> ".join(p.stem for p in [*chain, path])
+        closing = chain[-1]
         raise DropError.one(
             f"recipes extend each other in a cycle: {names}",
-            str(chain[0]),
+            f"{closing}, line {_line_of(closing, [], 'extends') or '?'}",
             "remove one of the `extends` lines so the chain ends at a built-in recipe",
         )
     data = read_toml(path)
@@ -314,6 +333,13 @@ def _resolve(
         ),
         None,
     )
+    if parent is None and parent_name == path.stem:
+        others = [n for n in available_recipes(search_dirs) if n != parent_name]
+        raise DropError.one(
+            f'`extends = "{parent_name}"` names this recipe itself',
+            where,
+            f"extend another recipe: {', '.join(others) or 'none'}",
+        )
     if parent is None:
         known = available_recipes(search_dirs)
         close = difflib.get_close_matches(parent_name, known, n=1)
@@ -326,8 +352,20 @@ def _resolve(
         )
     base = _resolve(parent, search_dirs, [*chain, path], sources)
     base.pop("name", None)  # a name is the drop's own, never inherited
+    _drop_replaced(base, data)
     _record_sources(data, path, (), sources)
     return _deep_merge(base, data)
+
+
+def _drop_replaced(base: dict[str, Any], over: dict[str, Any]) -> None:
+    """A recipe that sets ``epochs`` (or ``alpha``) replaces its parent's ``iters`` (or ``scale``)."""
+    for table, a, b in EXCLUSIVE_KEYS:
+        mine, theirs = over.get(table), base.get(table)
+        if not (isinstance(mine, dict) and isinstance(theirs, dict)):
+            continue
+        for key, other in ((a, b), (b, a)):
+            if key in mine and other not in mine:
+                base[table] = {k: v for k, v in theirs.items() if k != other}
 
 
 def _record_sources(
@@ -389,17 +427,28 @@ def _problem(err: Any, path: Path, sources: dict[tuple[str, ...], Path]) -> Prob
         )
     value = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
+    if etype == "value_error" and isinstance(value, dict) and loc:  # a rule across a table's keys
+        line = _line_of(source, loc, "")
+        return Problem(
+            f"[{dotted}]: {msg}",
+            f"{source}, line {line}" if line else str(source),
+            f"keep one of the two keys in [{dotted}] and delete the other",
+        )
     shown = repr(value) if not isinstance(value, dict) else "a table"
     return Problem(f"`{dotted}` = {shown} is not valid: {msg}", where, _fix_hint(etype, dotted))
 
 
 def _fix_hint(etype: str, dotted: str) -> str:
-    if etype.startswith(("int", "float")):
+    if etype.startswith("int"):
+        return f"give `{dotted}` a whole number without quotes"
+    if etype.startswith("float"):
         return f"give `{dotted}` a number without quotes"
     if etype.startswith("bool"):
         return f"give `{dotted}` true or false, without quotes"
     if etype.startswith(("string", "str")):
         return f'give `{dotted}` a string in quotes, like "text"'
+    if dotted == "schedule.window":
+        return 'write it as "HH:MM-HH:MM" on a 24-hour clock, e.g. "22:00-07:00"'
     if etype == "literal_error":
         return "use one of the values listed"
     if etype.startswith(("greater", "less")):
@@ -429,8 +478,8 @@ def _line_of(path: Path, section: list[str], key: str) -> int | None:
             return i
         if not current and section and dotted_re.match(text):
             return i
-    if not key and section:
-        for i, text in enumerate(lines, 1):
-            if (m := header.match(text)) and m[1].strip() == ".".join(section):
-                return i
+    table = ".".join([*section, key] if key else section)  # the key may itself name a table
+    for i, text in enumerate(lines, 1):
+        if table and (m := header.match(text)) and m[1].strip() == table:
+            return i
     return None

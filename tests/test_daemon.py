@@ -1,0 +1,81 @@
+"""``lorainbox run --once`` as a real process on a real inbox: valid and broken drops."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.drops import chat_lines, drop_with, fast_drop
+
+ENTRY = [sys.executable, "-m", "daemon.cli"]
+
+
+def lorainbox(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ENTRY, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
+
+
+def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    fast_drop(inbox, "good")
+    drop_with(
+        inbox,
+        "bad-toml",
+        'extends = "tiny-demo"\n[train\niters = 3\n',
+        {"train.jsonl": chat_lines()},
+    )
+    drop_with(
+        inbox,
+        "unknown-key",
+        'extends = "tiny-demo"\n[lora]\nrnak = 4\n',
+        {"train.jsonl": chat_lines()},
+    )
+    drop_with(
+        inbox,
+        "wrong-type",
+        'extends = "tiny-demo"\n[train]\nbatch_size = "four"\n',
+        {"train.jsonl": chat_lines()},
+    )
+    drop_with(inbox, "no-data", 'extends = "tiny-demo"\n', {})
+    drop_with(inbox, "empty-data", 'extends = "tiny-demo"\n', {"train.jsonl": ""})
+    drop_with(
+        inbox, "not-utf8", 'extends = "tiny-demo"\n', {"train.jsonl": b'{"text": "caf\xe9"}\n'}
+    )
+    drop_with(inbox, "escapes", 'extends = "tiny-demo"\n[data]\ntrain = "../secret.jsonl"\n', {})
+    (inbox / "loose-file.txt").write_text("not a folder")
+
+    result = lorainbox("run", "--once", "--inbox", str(inbox))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    done = inbox / "Done" / "good"
+    assert (done / "model.gguf").is_file()
+    assert (done / "adapters").is_dir()
+    for name in ("report.md", "Modelfile", "loss.png", "train.log", "status.json"):
+        assert (done / name).exists(), name
+    status = json.loads((done / "status.json").read_text())
+    assert status["state"] == "done" and status["result"]["registered"] is False
+
+    expected = {
+        "bad-toml": ["not valid TOML", "line 2"],
+        "unknown-key": ["unknown key `rnak`", "did you mean `rank`"],
+        "wrong-type": ["train.batch_size", "number without quotes"],
+        "no-data": ["train"],
+        "empty-data": ["empty"],
+        "not-utf8": ["UTF-8", "line 1"],
+        "escapes": ["outside", "../secret.jsonl"],
+        "loose-file": ["is a file"],
+    }
+    for name, needles in expected.items():
+        error = (inbox / "Failed" / name / "ERROR.md").read_text()
+        for needle in needles:
+            assert needle.lower() in error.lower(), (name, needle, error)
+    assert (inbox / "Failed" / "loose-file" / "loose-file.txt").read_text() == "not a folder"
+    assert sorted(p.name for p in inbox.iterdir()) == ["Done", "Failed", "Queue"]
+
+    listing = json.loads(lorainbox("status", "--json", "--inbox", str(inbox)).stdout)
+    assert [(j["name"], j["state"]) for j in listing] == [("good", "done")]
