@@ -411,6 +411,7 @@ def test_status_web_prints_the_page_with_its_token(
     opened: list[str] = []
     monkeypatch.setattr(webbrowser, "open", opened.append)
     monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setenv("LORAINBOX_STATUS_PORT", "8765")
     runner = CliRunner()
     missing = runner.invoke(app, ["status", "--web"])
     assert missing.exit_code == 1 and "start the daemon" in missing.output
