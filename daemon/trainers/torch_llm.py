@@ -1,0 +1,772 @@
+"""LoRA for language models with transformers + PEFT, on MPS, CUDA or the CPU.
+
+MLX is the first choice on a Mac; this trainer serves where MLX cannot (an architecture mlx-lm
+lacks, a Linux box with a GPU) and reads the same data (mlx-lm's chat, completions and text
+JSONL), reports the same progress lines and writes a PEFT adapter that fuses into a Hugging Face
+folder for llama.cpp's converter. Speed comes from wasting nothing: batches grouped by length,
+the output head run only on the tokens that are trained, SDPA attention, bfloat16 and fused AdamW
+on CUDA, and no host synchronisation between reports. Each of these is a switch in
+:class:`SpeedOptions`, so the benchmark can show what it buys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from daemon.errors import DropError
+from daemon.recipe import LoraSpec, Recipe
+from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
+from daemon.trainers.torch_common import (
+    MAX_GRAD_NORM,
+    DeviceSetup,
+    MemoryMeter,
+    MPSFallbackLog,
+    Pace,
+    atomic_replace_dir,
+    empty_cache,
+    load_latest_checkpoint,
+    lora_alpha,
+    lr_lambda,
+    make_optimizer,
+    out_of_memory_guard,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_aside_checkpoints,
+    set_rng_state,
+    setup_device,
+    total_steps,
+)
+
+log = logging.getLogger("lorainbox.torch_llm")
+
+IGNORE = -100
+GROUP_BATCHES = 32
+"""Length grouping sorts within windows of this many batches: little padding, still shuffled."""
+DEFAULT_SCALE = 20.0
+"""mlx-lm's LoRA scale when the recipe sets neither scale nor alpha."""
+
+ARCH_TARGETS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text"),
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    ),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+}
+"""Attention and MLP projections by ``model_type``; other architectures get PEFT's all-linear."""
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tiktoken.model",
+)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Switches for what makes training fast; all on by default except ``compile``."""
+
+    group_by_length: bool = True
+    """Sort examples by length within shuffled windows, so batches carry little padding."""
+    sparse_logits: bool = True
+    """Run the output head only where a token is trained (not on prompts or padding)."""
+    sdpa: bool = True
+    """``attn_implementation="sdpa"`` (flash/memory-efficient kernels) instead of eager."""
+    bf16: bool = True
+    """On CUDA: bfloat16 frozen weights and autocast; LoRA weights stay float32."""
+    fused_adamw: bool = True
+    defer_sync: bool = True
+    """Keep the loss on the device between reports instead of reading it every step."""
+    skip_adapter_upcast: bool = True
+    """Under autocast, skip PEFT's cast of each adapter's input to float32 (autocast casts it
+    straight back to bfloat16 for the matmul): two kernels and a copy saved per adapted layer."""
+    compile: bool = False
+    """``torch.compile`` the decoder layers (dynamic shapes); pays off on long CUDA runs."""
+    pad_multiple: int = 8
+    """Pad batch lengths to a multiple of this on CUDA (tensor-core friendly shapes)."""
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]
+    offset: int
+    """Index of the first token that is trained; tokens before it are prompt (masked)."""
+
+    @property
+    def targets(self) -> int:
+        return len(self.ids) - max(self.offset, 1)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DropError.one(
+            f"cannot read the training data ({e})", str(path), "check the file is UTF-8 JSONL"
+        ) from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DropError.one(
+                f"line is not valid JSON ({e.msg})",
+                f"{path}, line {i}",
+                "write one JSON object per line",
+            ) from None
+        if not isinstance(row, dict):
+            raise DropError.one("line is not a JSON object", f"{path}, line {i}", "use {...}")
+        rows.append(row)
+    return rows
+
+
+def tokenize_row(row: dict[str, Any], tokenizer: Any, mask_prompt: bool) -> Example:
+    """One example in mlx-lm's formats: ``messages``, ``prompt``/``completion`` or ``text``."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if "messages" in row:
+        messages = row["messages"]
+        tools = row.get("tools")
+        ids = _chat_ids(tokenizer, messages, tools=tools)
+        offset = 0
+        if mask_prompt and messages and messages[-1].get("role") == "assistant":
+            offset = len(_chat_ids(tokenizer, messages[:-1], tools=tools, generation_prompt=True))
+        return Example(ids, offset)
+    if "prompt" in row and "completion" in row:
+        if has_template:
+            messages = [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["completion"]},
+            ]
+            return tokenize_row({"messages": messages}, tokenizer, mask_prompt)
+        prompt = tokenizer(row["prompt"]).input_ids
+        rest = tokenizer(row["completion"], add_special_tokens=False).input_ids
+        return Example(_with_eos(prompt + rest, tokenizer), len(prompt) if mask_prompt else 0)
+    if "text" in row:
+        return Example(_with_eos(tokenizer(row["text"]).input_ids, tokenizer), 0)
+    raise ValueError('no "messages", "prompt"/"completion" or "text" key')
+
+
+def _chat_ids(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    tools: Any = None,
+    generation_prompt: bool = False,
+) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=generation_prompt, return_dict=False
+    )
+    return list(ids)
+
+
+def _with_eos(ids: list[int], tokenizer: Any) -> list[int]:
+    eos = tokenizer.eos_token_id
+    return ids if eos is None or (ids and ids[-1] == eos) else [*ids, eos]
+
+
+def tokenize_file(path: Path, tokenizer: Any, max_len: int, mask_prompt: bool) -> list[Example]:
+    """All examples of a JSONL file, cut to ``max_len``; ones left with nothing to learn go."""
+    examples, empty = [], 0
+    for i, row in enumerate(read_jsonl(path), 1):
+        try:
+            ex = tokenize_row(row, tokenizer, mask_prompt)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DropError.one(
+                f"cannot turn this example into tokens ({e})",
+                f"{path}, example {i}",
+                'use mlx-lm\'s formats: {"messages": [...]}, {"prompt", "completion"} or {"text"}',
+            ) from None
+        ex = truncate(ex, max_len)
+        if ex is None:
+            empty += 1
+        else:
+            examples.append(ex)
+    if empty:
+        log.warning(
+            "%d examples in %s have no answer within %d tokens; skipped", empty, path, max_len
+        )
+    if not examples:
+        raise DropError.one(
+            f"no example has anything to learn within max_seq_length = {max_len} tokens",
+            str(path),
+            "raise [train] max_seq_length, or shorten the prompts",
+        )
+    return examples
+
+
+def truncate(ex: Example, max_len: int) -> Example | None:
+    ids = ex.ids[:max_len]
+    if len(ids) < 2 or max(ex.offset, 1) >= len(ids):
+        return None
+    return Example(ids, ex.offset)
+
+
+def plan_epoch(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group: bool = True
+) -> list[list[int]]:
+    """The batches of one epoch: shuffled, and sorted by length within windows when grouping."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * GROUP_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        part = sorted(order[start : start + window], key=lengths.__getitem__)
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    """None when nothing is padded: SDPA then takes its fastest (causal) path."""
+    targets: torch.Tensor
+    """Next-token labels aligned with ``input_ids`` (shifted already), -100 where untrained."""
+    target_index: torch.Tensor
+    """Flat positions of the trained tokens, and their labels: the sparse head needs only these."""
+    target_values: torch.Tensor
+    tokens: int
+    n_targets: int
+
+    def to(self, device: torch.device) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return replace(
+            self,
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            targets=move(self.targets),
+            target_index=move(self.target_index),
+            target_values=move(self.target_values),
+        )
+
+
+def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> Batch:
+    """Right-padded batch; labels are shifted here, on the host, so the device never waits."""
+    width = max(len(e.ids) for e in examples)
+    width = math.ceil(width / pad_multiple) * pad_multiple
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    targets = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        n = len(ex.ids)
+        seq = torch.tensor(ex.ids, dtype=torch.long)
+        ids[row, :n] = seq
+        mask[row, :n] = 1
+        first = max(ex.offset, 1)
+        targets[row, first - 1 : n - 1] = seq[first:]
+    flat = targets.view(-1)
+    index = torch.nonzero(flat != IGNORE).view(-1)
+    tokens = int(mask.sum())
+    padded = tokens != mask.numel()
+    pin = torch.cuda.is_available()
+    tensors = [t.pin_memory() if pin else t for t in (ids, mask, targets, index, flat[index])]
+    return Batch(
+        tensors[0],
+        tensors[1] if padded else None,
+        tensors[2],
+        tensors[3],
+        tensors[4],
+        tokens,
+        int(index.numel()),
+    )
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def lora_config(lora: LoraSpec, model_type: str, num_hidden_layers: int) -> Any:
+    """PEFT's LoraConfig from the recipe's [lora] table."""
+    from peft import LoraConfig
+
+    targets: list[str] | str
+    if lora.keys:
+        targets = list(lora.keys)
+    elif model_type in ARCH_TARGETS:
+        targets = list(ARCH_TARGETS[model_type])
+    else:
+        targets = "all-linear"
+    layers = None
+    if 0 <= lora.num_layers < num_hidden_layers:
+        layers = list(range(num_hidden_layers - lora.num_layers, num_hidden_layers))
+    if lora.num_layers == 0:
+        raise DropError.one(
+            "num_layers = 0 adapts no layer",
+            "recipe.toml, [lora] num_layers",
+            "use a positive number of layers, or -1 for all",
+        )
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora_alpha(lora, DEFAULT_SCALE),
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        layers_to_transform=layers,
+        use_dora=lora.fine_tune_type == "dora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def lora_signature(recipe: Recipe, config: Any) -> dict[str, Any]:
+    """What a checkpoint must share with the current run to be resumed."""
+    targets = config.target_modules
+    return {
+        "base_model": recipe.base_model,
+        "rank": config.r,
+        "alpha": config.lora_alpha,
+        "targets": sorted(targets) if isinstance(targets, (set, list)) else targets,
+        "layers": config.layers_to_transform,
+        "dora": config.use_dora,
+    }
+
+
+def check_torch_loadable(config: dict[str, Any], model_dir: Path) -> None:
+    if config.get("quantization") or (
+        "quantization_config" in config
+        and config["quantization_config"].get("quant_method") not in ("bitsandbytes",)
+        and "bits" in config["quantization_config"]
+    ):
+        raise DropError.one(
+            "the base model is quantized for MLX; the PyTorch trainer needs unquantized weights",
+            f"recipe.toml, `base_model` ({model_dir})",
+            'use the original (bf16/fp16) model, or set trainer = "mlx" on a Mac',
+        )
+
+
+def load_base(model_dir: Path, setup: DeviceSetup, options: SpeedOptions) -> Any:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=setup.weight_dtype,
+        attn_implementation="sdpa" if options.sdpa else "eager",
+    )
+    model.config.use_cache = False
+    return model.to(setup.device)
+
+
+def loss_sum(model: Any, batch: Batch, sparse: bool) -> torch.Tensor:
+    """Summed cross-entropy over the trained tokens (the caller divides by their count)."""
+    if sparse:
+        base = model.get_base_model()
+        hidden = base.get_decoder()(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state
+        picked = hidden.flatten(0, 1).index_select(0, batch.target_index)
+        logits = base.get_output_embeddings()(picked)
+        return F.cross_entropy(logits.float(), batch.target_values, reduction="sum")
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+    ).logits
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def supports_sparse_logits(config: Any) -> bool:
+    """Models that post-process logits (soft-capping, scaling) go through their own head."""
+    text = getattr(config, "text_config", None) or config
+    return not (
+        getattr(text, "final_logit_softcapping", None) or getattr(text, "logit_scale", None)
+    )
+
+
+# --- trainer ------------------------------------------------------------------------------
+
+
+@dataclass
+class _DataCursor:
+    """Where training is in the data: the epoch and the batches it still has to serve."""
+
+    epoch: int
+    """-1 before the first epoch starts."""
+    remaining: list[list[int]]
+
+
+class TorchLLMTrainer:
+    """The :class:`~daemon.trainers.base.Trainer` for language models on PyTorch."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        options: SpeedOptions | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ):
+        self.options = options or SpeedOptions()
+        self.on_step = on_step
+        """Called after each optimizer step with (step, real tokens); the benchmark times it."""
+
+    def train(self, ctx: TrainContext) -> TrainResult:
+        from daemon.models import check_model_dir, resolve_base_model
+
+        recipe, t, opts = ctx.recipe, ctx.recipe.train, self.options
+        setup = setup_device(t.device, ctx.memory_budget_gb, bf16=opts.bf16)
+        seed_everything(t.seed)
+        model_dir = ctx.base_model_dir or resolve_base_model(recipe.base_model, ctx.job_dir)
+        hf_config = check_model_dir(model_dir)
+        check_torch_loadable(hf_config, model_dir)
+
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        pad_id = _pad_id(tokenizer)
+        fp = self._footprint(ctx, setup)
+        max_len = min(t.max_seq_length, fp.max_seq_length)
+        train_set = tokenize_file(_in_job(ctx, ctx.train_file), tokenizer, max_len, t.mask_prompt)
+        valid_set = []
+        if ctx.valid_file is not None and _in_job(ctx, ctx.valid_file).exists():
+            valid_set = tokenize_file(
+                _in_job(ctx, ctx.valid_file), tokenizer, max_len, t.mask_prompt
+            )
+        empty_cache(setup.device)
+
+        with out_of_memory_guard(setup.device):
+            model = self._model(model_dir, hf_config, setup, recipe.lora, fp)
+            run = _Run(self, ctx, setup, model, tokenizer, train_set, valid_set, fp, pad_id)
+            fallbacks = MPSFallbackLog() if setup.kind == "mps" else None
+            with fallbacks or contextlib.nullcontext():
+                run.loop()
+            run.save_adapter()
+        empty_cache(setup.device)
+        extra = {
+            "trainer": self.name,
+            "device": setup.kind,
+            "footprint": asdict(fp),
+            "peak_memory_gb": round(run.meter.peak_gb(), 3),
+        }
+        if fallbacks is not None:
+            extra["mps_fallback_ops"] = fallbacks.ops
+        return TrainResult(
+            ctx.adapter_dir, run.step, run.last_train_loss, run.last_valid_loss, extra
+        )
+
+    def _footprint(self, ctx: TrainContext, setup: DeviceSetup) -> Footprint:
+        """The worker's footprint (its memory guard planned it), checkpointing on for MPS."""
+        fp = replace(ctx.footprint, changes=list(ctx.footprint.changes))
+        if setup.grad_checkpoint_default and not fp.grad_checkpoint:
+            change = "grad checkpointing on (MPS shares memory with the whole Mac)"
+            fp = replace(fp, grad_checkpoint=True, changes=[*fp.changes, change])
+        return fp
+
+    def _model(
+        self,
+        model_dir: Path,
+        hf_config: dict[str, Any],
+        setup: DeviceSetup,
+        lora: LoraSpec,
+        fp: Footprint,
+    ) -> Any:
+        from peft import get_peft_model
+
+        base = load_base(model_dir, setup, self.options)
+        text = hf_config.get("text_config") or hf_config
+        config = lora_config(lora, hf_config.get("model_type", ""), int(text["num_hidden_layers"]))
+        model = get_peft_model(base, config)
+        if setup.autocast_dtype is not None and self.options.skip_adapter_upcast:
+            for module in model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
+        if fp.grad_checkpoint:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if self.options.compile:
+            for layer in model.get_base_model().get_decoder().layers:
+                layer.compile(dynamic=True)
+        return model
+
+    def fuse(self, ctx: TrainContext) -> Path:
+        """Merge the adapter into the base and write a Hugging Face folder llama.cpp converts."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        from daemon.models import resolve_base_model
+
+        hf_logging.disable_progress_bar()
+        model_dir = ctx.base_model_dir or resolve_base_model(ctx.recipe.base_model, ctx.job_dir)
+        if not (ctx.adapter_dir / "adapter_config.json").is_file():
+            raise DropError.one(
+                "there is no trained adapter to fuse",
+                str(ctx.adapter_dir),
+                "train the job again (`lorainbox retry NAME`)",
+            )
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+        merged = PeftModel.from_pretrained(base, ctx.adapter_dir).merge_and_unload()
+        merged.config.use_cache = True
+
+        def build(folder: Path) -> None:
+            merged.save_pretrained(folder, safe_serialization=True)
+            for name in TOKENIZER_FILES:
+                if (model_dir / name).is_file():
+                    shutil.copy(model_dir / name, folder / name)
+            for extra in model_dir.glob("*.tiktoken"):
+                shutil.copy(extra, folder / extra.name)
+
+        return atomic_replace_dir(build, ctx.fused_dir)
+
+
+def _fingerprint(path: Path) -> str:
+    """The training data's identity: a checkpoint's data position means nothing for other data."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _in_job(ctx: TrainContext, path: Path) -> Path:
+    return path if Path(path).is_absolute() else ctx.job_dir / path
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+class _Run:
+    """One training run's state: the loop, evaluation, checkpoints, progress lines."""
+
+    def __init__(
+        self,
+        trainer: TorchLLMTrainer,
+        ctx: TrainContext,
+        setup: DeviceSetup,
+        model: Any,
+        tokenizer: Any,
+        train_set: list[Example],
+        valid_set: list[Example],
+        fp: Footprint,
+        pad_id: int,
+    ):
+        from peft import get_peft_model_state_dict
+
+        self.trainer, self.ctx, self.setup, self.model = trainer, ctx, setup, model
+        self.opts = trainer.options
+        self.t = ctx.recipe.train
+        self.tokenizer = tokenizer
+        self.train_set, self.valid_set, self.fp, self.pad_id = train_set, valid_set, fp, pad_id
+        self.lengths = [len(e.ids) for e in train_set]
+        self.micro = min(fp.batch_size, self.t.batch_size)
+        """Examples per forward pass; a step still takes the recipe's batch, in slices if smaller."""
+        self.sparse = self.opts.sparse_logits and supports_sparse_logits(model.config)
+        self.pad_multiple = self.opts.pad_multiple if setup.kind == "cuda" else 1
+        per_epoch = math.ceil(len(train_set) / self.t.batch_size)
+        self.total = total_steps(self.t, per_epoch)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(
+            self.params, self.t.learning_rate, setup.device, fused=self.opts.fused_adamw
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.t.lr_schedule, self.t.warmup, self.total)
+        )
+        self.signature = {
+            **lora_signature(ctx.recipe, model.peft_config["default"]),
+            "data": _fingerprint(_in_job(ctx, ctx.train_file)),
+        }
+        self.meter = MemoryMeter(setup.device, ctx.memory_budget_gb)
+        self.step = 0
+        self.trained_tokens = 0
+        self.cursor = _DataCursor(-1, [])
+        self.checkpoint_step: int | None = None
+        self.last_train_loss: float | None = None
+        self.last_valid_loss: float | None = None
+        self._state_dict = get_peft_model_state_dict
+        self._resume()
+
+    # checkpoints
+
+    def _resume(self) -> None:
+        from peft import set_peft_model_state_dict
+
+        ckpt = load_latest_checkpoint(self.ctx.checkpoint_dir, map_location=self.setup.device)
+        if ckpt is None:
+            return
+        if ckpt.meta.get("signature") != self.signature:
+            set_aside_checkpoints(
+                self.ctx.checkpoint_dir, "the recipe's LoRA settings changed since they were saved"
+            )
+            return
+        set_peft_model_state_dict(self.model, ckpt.tensors)
+        self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        self.scheduler.load_state_dict(ckpt.state["scheduler"])
+        set_rng_state(ckpt.state["rng"])
+        self.step = ckpt.step
+        self.trained_tokens = int(ckpt.meta.get("trained_tokens", 0))
+        data = ckpt.meta["data"]
+        self.cursor = _DataCursor(int(data["epoch"]), data["remaining"])
+        self.checkpoint_step = self.step
+        log.info("resuming from %s at step %d of %d", ckpt.path, self.step, self.total)
+        self.ctx.emitter.emit("resumed", step=self.step, total=self.total)
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+        meta = {
+            "signature": self.signature,
+            "trained_tokens": self.trained_tokens,
+            "total": self.total,
+            "data": {"epoch": self.cursor.epoch, "remaining": self.cursor.remaining},
+        }
+        tensors = self._state_dict(self.model)
+        save_checkpoint(self.ctx.checkpoint_dir, self.step, tensors, state, meta)
+        self.checkpoint_step = self.step
+        self.ctx.emitter.emit("checkpoint", step=self.step)
+
+    def save_adapter(self) -> None:
+        atomic_replace_dir(
+            lambda folder: self.model.save_pretrained(folder, safe_serialization=True),
+            self.ctx.adapter_dir,
+        )
+
+    # data
+
+    def _next_step_batches(self) -> list[Batch]:
+        """The next step's examples (the recipe's batch), in slices the footprint allows.
+
+        Epochs are planned in whole recipe batches, so a footprint shrunk after an
+        out-of-memory retry trains on exactly the examples it would have seen.
+        """
+        if not self.cursor.remaining:
+            epoch = self.cursor.epoch + 1
+            plan = plan_epoch(
+                self.lengths, self.t.batch_size, self.t.seed, epoch, self.opts.group_by_length
+            )
+            self.cursor = _DataCursor(epoch, plan)
+        idx = sorted(self.cursor.remaining.pop(0), key=self.lengths.__getitem__)
+        return [
+            collate(
+                [self.train_set[i] for i in idx[s : s + self.micro]], self.pad_id, self.pad_multiple
+            )
+            for s in range(0, len(idx), self.micro)
+        ]
+
+    # the loop
+
+    def loop(self) -> None:
+        model, opts, device = self.model, self.opts, self.setup.device
+        pace = Pace(self.step, self.total)
+        loss_acc = torch.zeros((), device=device)
+        targets_acc = 0
+        if self.step == 0 and self.valid_set:
+            self.ctx.emitter.progress(
+                step=0, total=self.total, valid_loss=round(self.evaluate(), 5)
+            )
+        model.train()
+        while self.step < self.total:
+            if self.ctx.stop_requested():
+                self._pause()
+            micro = self._next_step_batches()
+            n_targets = sum(b.n_targets for b in micro)
+            for batch in micro:
+                batch = batch.to(device)
+                with self.setup.autocast():
+                    summed = loss_sum(model, batch, self.sparse)
+                (summed / n_targets).backward()
+                loss_acc += summed.detach()
+            torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM, foreach=True)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            tokens = sum(b.tokens for b in micro)
+            self.trained_tokens += tokens
+            targets_acc += n_targets
+            pace.add(tokens)
+            if not opts.defer_sync:
+                loss_acc.item()
+            if self.trainer.on_step is not None:
+                self.trainer.on_step(self.step, tokens)
+            report = self.step % self.t.steps_per_report == 0 or self.step == self.total
+            evaluate = self.valid_set and (
+                self.step % self.t.steps_per_eval == 0 or self.step == self.total
+            )
+            if report or evaluate:
+                self.last_train_loss = float(loss_acc.item()) / max(targets_acc, 1)
+                loss_acc.zero_()
+                targets_acc = 0
+                valid = self.evaluate() if evaluate else None
+                self._progress(pace, valid)
+            if self.step % self.t.save_every == 0 or self.step == self.total:
+                self.save_checkpoint()
+
+    def _pause(self) -> None:
+        if self.checkpoint_step != self.step:
+            self.save_checkpoint()
+        raise Paused(self.step)
+
+    def _progress(self, pace: Pace, valid: float | None) -> None:
+        rate, eta = pace.report(self.step)
+        peak = self.meter.check()
+        line: dict[str, Any] = {
+            "step": self.step,
+            "total": self.total,
+            "train_loss": round(self.last_train_loss, 5)
+            if self.last_train_loss is not None
+            else None,
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "tokens_per_second": round(rate, 1),
+            "trained_tokens": self.trained_tokens,
+            "peak_memory_gb": round(peak, 3),
+            "eta_seconds": round(eta, 1),
+            "epoch": max(self.cursor.epoch, 0),
+        }
+        if valid is not None:
+            line["valid_loss"] = round(valid, 5)
+        if self.checkpoint_step is not None:
+            line["checkpoint_step"] = self.checkpoint_step
+        self.ctx.emitter.progress(**line)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted loss on the first ``val_batches`` batches of the validation set."""
+        model, device = self.model, self.setup.device
+        model.eval()
+        order = sorted(range(len(self.valid_set)), key=lambda i: len(self.valid_set[i].ids))
+        batches = [order[i : i + self.micro] for i in range(0, len(order), self.micro)]
+        if self.t.val_batches >= 0:
+            batches = batches[: max(1, self.t.val_batches)]
+        total = torch.zeros((), device=device)
+        count = 0
+        for idx in batches:
+            batch = collate([self.valid_set[i] for i in idx], self.pad_id, self.pad_multiple)
+            with self.setup.autocast():
+                total += loss_sum(model, batch.to(device), self.sparse).float()
+            count += batch.n_targets
+        model.train()
+        self.last_valid_loss = float(total.item()) / max(count, 1)
+        return self.last_valid_loss
