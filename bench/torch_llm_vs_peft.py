@@ -41,6 +41,7 @@ ABLATIONS = {
     "ours-unfused-adamw": {"fused_adamw": False},
     "ours-sync-every-step": {"defer_sync": False},
     "ours-adapter-upcast": {"skip_adapter_upcast": False},
+    "ours-padding-mask": {"unmasked_padding": False},
 }
 WORDS = [
     "the",
@@ -432,6 +433,7 @@ def main() -> None:
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--with-compile", action="store_true", help="also run the torch.compile arm")
+    p.add_argument("--arms", help="comma-separated arms to run (default: all that apply)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--keep", type=Path, help="build the model and data here (and keep them)")
     p.add_argument("--arm", help=argparse.SUPPRESS)
@@ -461,6 +463,8 @@ def main() -> None:
     ablations = args.ablations if args.ablations is not None else device == "cuda"
     arms = ["hf-peft-trainer", "ours", "unsloth", *(ABLATIONS if ablations else [])]
     arms += list(COMPILE) if args.with_compile else []
+    if args.arms:
+        arms = args.arms.split(",")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="llm-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from daemon.config import Settings
 from daemon.errors import DropError
 from daemon.events import JobChanged, JobProgress
@@ -30,6 +28,7 @@ from daemon.hub import Hub
 from daemon.jobs import Job, JobStore, State
 from daemon.recipe import Recipe
 from daemon.trainers.base import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
+from daemon.trainers.memory import memory_budget_gb
 from daemon.worker import WORK_DIR, JobSpec
 
 log = logging.getLogger("lorainbox.supervisor")
@@ -39,12 +38,6 @@ TRAIN_LOG = "train.log"
 
 def load_recipe_of(job: Job) -> Recipe:
     return Recipe.model_validate_json((job.folder / WORK_DIR / "recipe.resolved.json").read_text())
-
-
-def memory_budget_gb(recipe: Recipe, fraction: float) -> float:
-    if recipe.memory.max_gb is not None:
-        return recipe.memory.max_gb
-    return round(psutil.virtual_memory().total / 1e9 * fraction, 2)
 
 
 @dataclass
@@ -217,6 +210,10 @@ class Supervisor:
             self.store.update(
                 job_id, result={**job.result, "gguf": msg.get("gguf"), "gguf_info": msg.get("info")}
             )
+        elif kind == "resumed":
+            job = self.store.get(job_id)
+            resumes = [*job.result.get("resumes", []), {"step": msg.get("step"), "at": time.time()}]
+            self.store.update(job_id, result={**job.result, "resumes": resumes})
         elif kind == "paused":
             run.paused_step = msg.get("step")
             self.store.update(job_id, checkpoint_step=run.paused_step)

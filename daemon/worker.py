@@ -9,16 +9,20 @@ output already exists is skipped.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import shutil
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from daemon.errors import DropError
+from daemon.models import check_model_dir, resolve_base_model
 from daemon.recipe import Recipe
 from daemon.trainers.base import (
     EXIT_DROP_ERROR,
@@ -38,6 +42,7 @@ log = logging.getLogger("lorainbox.worker")
 
 WORK_DIR = ".lorainbox"
 SPEC_FILE = "job.json"
+GGUF_NAME = "model.gguf"
 
 
 class JobSpec(BaseModel):
@@ -101,23 +106,55 @@ def initial_footprint(spec: JobSpec) -> Footprint:
     return Footprint(t.batch_size, t.max_seq_length, t.grad_checkpoint)
 
 
+def plan_memory(spec: JobSpec, job_dir: Path, base: Path, emitter: Emitter) -> Footprint:
+    """The footprint to train with: planned once per job, then kept in job.json for retries."""
+    from daemon.trainers.memory import estimate_for, longest_example_tokens, plan_footprint
+
+    files = [f if f.is_absolute() else job_dir / f for f in (spec.train_file, spec.valid_file) if f]
+    longest = longest_example_tokens(files)
+    if spec.footprint:
+        footprint = Footprint(**spec.footprint)
+    else:
+        footprint = plan_footprint(
+            base, spec.recipe, spec.memory_budget_gb, longest_example=longest
+        )
+        spec.footprint = asdict(footprint)
+        spec.save(job_dir)
+    estimate = estimate_for(base, spec.recipe, footprint, longest_example=longest)
+    emitter.emit(
+        "footprint",
+        **asdict(footprint),
+        budget_gb=spec.memory_budget_gb,
+        estimate_gb=round(estimate, 2),
+    )
+    return footprint
+
+
 def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     spec = JobSpec.load(job_dir)
     work = job_dir / WORK_DIR
     emitter.metrics_file = work / "metrics.jsonl"
     trainer = pick_trainer(spec.recipe)
+    done_marker = work / "trained.json"
+    footprint = initial_footprint(spec)
+    base = None
+    if spec.recipe.kind == "llm":
+        base = resolve_base_model(spec.recipe.base_model, job_dir)
+        check_model_dir(base)
+        if not done_marker.exists():
+            footprint = plan_memory(spec, job_dir, base, emitter)
     ctx = TrainContext(
         job_dir=job_dir,
         work_dir=work,
         recipe=spec.recipe,
         train_file=spec.train_file,
         valid_file=spec.valid_file,
-        footprint=initial_footprint(spec),
+        footprint=footprint,
         memory_budget_gb=spec.memory_budget_gb,
         emitter=emitter,
         stop_requested=stop,
+        base_model_dir=base,
     )
-    done_marker = work / "trained.json"
     if not done_marker.exists():
         emitter.emit("stage", stage="training", trainer=trainer.name)
         result = trainer.train(ctx)
@@ -126,16 +163,58 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
         )
         emitter.emit("trained", steps=result.steps, adapter=str(result.adapter_dir))
     recipe = spec.recipe
-    if recipe.kind == "llm" and recipe.export.gguf:
-        gguf_path = job_dir / "model.gguf"
-        if not gguf_path.exists():
-            emitter.emit("stage", stage="exporting")
-            fused = trainer.fuse(ctx)
-            from daemon.export.gguf import convert_to_gguf
-
-            info = convert_to_gguf(fused, gguf_path, recipe.export.outtype)
-            emitter.emit("exported", gguf=str(gguf_path), info=info.as_dict())
+    if recipe.kind == "llm" and recipe.export.gguf and not (job_dir / GGUF_NAME).exists():
+        emitter.emit("stage", stage="exporting")
+        export(trainer, ctx, base)
     return EXIT_OK
+
+
+def export(trainer: Trainer, ctx: TrainContext, base: Path | None) -> None:
+    """Fuse and convert; a full disk becomes the person's problem, with the space it needs."""
+    from daemon.export.gguf import convert_to_gguf
+
+    gguf_path = ctx.job_dir / GGUF_NAME
+    need = export_space_needed(base)
+    free = shutil.disk_usage(ctx.job_dir).free
+    if free < need:
+        raise disk_full(ctx.job_dir, need, free)
+    try:
+        fused = trainer.fuse(ctx)
+        info = convert_to_gguf(fused, gguf_path, ctx.recipe.export.outtype)
+    except (OSError, DropError) as e:
+        if not is_disk_full(e):
+            raise
+        shutil.rmtree(ctx.fused_dir, ignore_errors=True)
+        raise disk_full(ctx.job_dir, need, shutil.disk_usage(ctx.job_dir).free) from e
+    shutil.rmtree(ctx.fused_dir, ignore_errors=True)  # a full copy of the model, no longer needed
+    ctx.emitter.emit("exported", gguf=str(gguf_path), info=info.as_dict())
+
+
+def export_space_needed(base: Path | None) -> int:
+    """Bytes the fused folder and the GGUF take together, from the base's safetensors headers."""
+    if base is None:
+        return 0
+    from daemon.trainers.memory import read_model_shape
+
+    shape = read_model_shape(base)
+    fused = shape.weight_bytes * (4 if shape.quantized else 1)  # 4-bit weights come out as f16
+    return int(fused * 2.1)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(e) or "ENOSPC" in str(e)
+
+
+def disk_full(where: Path, need: int, free: int) -> DropError:
+    return DropError.one(
+        f"the disk is full: exporting the model needs about {need / 1e9:.2f} GB, "
+        f"{free / 1e9:.2f} GB is free",
+        str(where),
+        "free some disk space, then run `lorainbox retry NAME`: training is kept and "
+        "only the export runs again",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         emitter.emit("oom", message=str(e))
         return EXIT_OUT_OF_MEMORY
     except Exception as e:  # a crash: the supervisor retries from the checkpoint
+        from daemon.trainers.memory import is_out_of_memory
+
+        if is_out_of_memory(e):  # MLX says so with a plain RuntimeError, outside the step too
+            emitter.emit("oom", message=str(e))
+            return EXIT_OUT_OF_MEMORY
         emitter.emit("crash", message=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
         raise
 

@@ -41,13 +41,25 @@ def _broken_drops(inbox: Path, outside: Path) -> dict[str, list[str]]:
         "synonym-key": (TINY + '[lora]\ntargets = ["q_proj"]\n', CHAT, ["targets", "keys"]),
         "unknown-section": (TINY + "[trian]\niters = 3\n", CHAT, ["trian", "train"]),
         "string-for-int": (TINY + '[train]\nbatch_size = "four"\n', CHAT, ["batch_size", "number"]),
-        "string-for-bool": (TINY + '[train]\ngrad_checkpoint = "yes"\n', CHAT, ["grad_checkpoint", "true or false"]),
-        "negative-lr": (TINY + "[train]\nlearning_rate = -0.1\n", CHAT, ["learning_rate", "greater than 0"]),
+        "string-for-bool": (
+            TINY + '[train]\ngrad_checkpoint = "yes"\n',
+            CHAT,
+            ["grad_checkpoint", "true or false"],
+        ),
+        "negative-lr": (
+            TINY + "[train]\nlearning_rate = -0.1\n",
+            CHAT,
+            ["learning_rate", "greater than 0"],
+        ),
         "absurd-rank": (TINY + "[lora]\nrank = 100000\n", CHAT, ["rank", "less than or equal"]),
         "zero-iters": (TINY + "[train]\niters = 0\n", CHAT, ["iters"]),
         "iters-and-epochs": (TINY + "[train]\niters = 5\nepochs = 2\n", CHAT, ["iters or epochs"]),
         "scale-and-alpha": (TINY + "[lora]\nscale = 2.0\nalpha = 16.0\n", CHAT, ["scale", "alpha"]),
-        "bad-window": (TINY + '[schedule]\nwindow = "25:00-07:00"\n', CHAT, ["window", "22:00-07:00"]),
+        "bad-window": (
+            TINY + '[schedule]\nwindow = "25:00-07:00"\n',
+            CHAT,
+            ["window", "22:00-07:00"],
+        ),
         "bad-enum": (TINY + 'kind = "video"\n', CHAT, ["kind", "llm"]),
         "value-for-table": (TINY + "lora = 5\n", CHAT, ["lora", "table"]),
         "bad-name": (TINY + 'name = "my bot!"\n', CHAT, ["name", "letters"]),
@@ -55,23 +67,56 @@ def _broken_drops(inbox: Path, outside: Path) -> dict[str, list[str]]:
         "missing-extends": ('extends = "tiny-demoo"\n', CHAT, ["tiny-demoo", "did you mean"]),
         "cyclic-extends": ('extends = "loop-a"\n', CHAT, ["cycle", "loop-a", "loop-b"]),
         "no-base-model": ('kind = "llm"\n', CHAT, ["base_model", "required"]),
-        "missing-base-folder": (TINY + 'base_model = "./no-such-model"\n', CHAT, ["no-such-model", "does not exist"]),
-        "recipe-not-utf8": (None, {**CHAT, "recipe.toml": b'extends = "tiny-demo"\nname = "caf\xe9"\n'}, ["UTF-8"]),
+        "missing-base-folder": (
+            TINY + 'base_model = "./no-such-model"\n',
+            CHAT,
+            ["no-such-model", "does not exist"],
+        ),
+        "recipe-not-utf8": (
+            None,
+            {**CHAT, "recipe.toml": b'extends = "tiny-demo"\nname = "caf\xe9"\n'},
+            ["UTF-8"],
+        ),
         # data
         "no-data": (TINY, {}, ["train"]),
         "empty-data": (TINY, {"train.jsonl": ""}, ["empty"]),
         "blank-lines-only": (TINY, {"train.jsonl": "\n\n  \n"}, ["train.jsonl"]),
         "data-not-utf8": (TINY, {"train.jsonl": b'{"text": "caf\xe9"}\n'}, ["UTF-8", "line 1"]),
         "not-json": (TINY, {"train.jsonl": chat_lines(2) + "{not json}\n"}, ["line 3", "JSON"]),
-        "wrong-shape": (TINY, {"train.jsonl": '{"question": "a", "answer": "b"}\n'}, ["line 1", "messages"]),
-        "no-assistant-turn": (TINY, {"train.jsonl": json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"}, ["assistant"]),
+        "wrong-shape": (
+            TINY,
+            {"train.jsonl": '{"question": "a", "answer": "b"}\n'},
+            ["line 1", "messages"],
+        ),
+        "no-assistant-turn": (
+            TINY,
+            {"train.jsonl": json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"},
+            ["assistant"],
+        ),
         "mixed-formats": (TINY, {"train.jsonl": chat_lines(1) + '{"text": "plain"}\n'}, ["line 2"]),
-        "huge-line": (TINY, {"train.jsonl": '{"text": "' + "x" * (10 * 1024 * 1024) + '"}\n'}, ["line 1"]),
+        "huge-line": (
+            TINY,
+            {"train.jsonl": '{"text": "' + "x" * (10 * 1024 * 1024) + '"}\n'},
+            ["line 1"],
+        ),
         "format-mismatch": (TINY + '[data]\nformat = "completions"\n', CHAT, ["completions"]),
         "dotdot-path": (TINY + '[data]\ntrain = "../secret.jsonl"\n', {}, ["../secret.jsonl"]),
         "absolute-path": (TINY + f'[data]\ntrain = "{outside / "abs.jsonl"}"\n', {}, ["abs.jsonl"]),
-        "corrupt-image": ('extends = "sd15-style"\n', {"a.png": _png(), "a.txt": "a red square", "b.png": b"\x89PNG not really", "b.txt": "broken"}, ["b.png"]),
-        "caption-without-image": ('extends = "sd15-style"\n', {"a.png": _png(), "a.txt": "red", "ghost.txt": "no image here"}, ["ghost"]),
+        "corrupt-image": (
+            'extends = "sd15-style"\n',
+            {
+                "a.png": _png(),
+                "a.txt": "a red square",
+                "b.png": b"\x89PNG not really",
+                "b.txt": "broken",
+            },
+            ["b.png"],
+        ),
+        "caption-without-image": (
+            'extends = "sd15-style"\n',
+            {"a.png": _png(), "a.txt": "red", "ghost.txt": "no image here"},
+            ["ghost"],
+        ),
     }
     expected: dict[str, list[str]] = {}
     for name, (recipe, files, needles) in cases.items():
@@ -110,13 +155,18 @@ def test_broken_drops_fail_cleanly_beside_a_valid_job(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "run", "--once", "--inbox", str(inbox)],
-        capture_output=True, text=True, timeout=850, env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=850,
+        env=os.environ.copy(),
     )
     assert result.returncode == 0, result.stderr[-4000:]
 
     failed = inbox / "Failed"
     missing = {name for name in expected if not (failed / name / "ERROR.md").is_file()}
-    assert not missing, f"no ERROR.md for {sorted(missing)}; Failed/ has {sorted(p.name for p in failed.iterdir())}"
+    assert not missing, (
+        f"no ERROR.md for {sorted(missing)}; Failed/ has {sorted(p.name for p in failed.iterdir())}"
+    )
     for name, needles in expected.items():
         text = (failed / name / "ERROR.md").read_text().lower()
         assert "how to fix" in text, name

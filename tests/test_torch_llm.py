@@ -38,6 +38,7 @@ from daemon.trainers.torch_llm import (
     TorchLLMTrainer,
     collate,
     lora_config,
+    loss_sum,
     plan_epoch,
     tokenize_row,
 )
@@ -323,6 +324,25 @@ def test_prompt_masking_in_every_format(tiny_hf: Path) -> None:
     assert row[len(chat.ids) - 1 :] == [IGNORE] * (len(row) - len(chat.ids) + 1)
     assert batch.n_targets == (len(chat.ids) - chat.offset) + (len(text.ids) - 1)
     assert collate([chat, chat], pad_id=0).attention_mask is None  # nothing padded: causal SDPA
+    assert collate([chat, text], pad_id=0, padding_mask=False).attention_mask is None
+
+
+def test_leaving_out_the_padding_mask_keeps_the_loss(tiny_hf: Path) -> None:
+    """Right padding needs no mask in a causal LM: the trained tokens never see a pad."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_hf)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_hf), LoraConfig(r=4))
+    short = tokenize_row(FACT, tok, mask_prompt=True)
+    long = tokenize_row({"text": "The ship sails at dawn. " * 6}, tok, mask_prompt=True)
+    masked = collate([short, long], pad_id=0, pad_multiple=8)
+    unmasked = collate([short, long], pad_id=0, pad_multiple=8, padding_mask=False)
+    assert masked.attention_mask is not None and unmasked.attention_mask is None
+    with torch.no_grad():
+        for sparse in (True, False):
+            a, b = loss_sum(model, masked, sparse), loss_sum(model, unmasked, sparse)
+            assert torch.allclose(a, b, rtol=1e-4), (sparse, a, b)
 
 
 def test_length_grouped_batches_waste_less_padding() -> None:

@@ -53,11 +53,18 @@ class Emitter:
     def __init__(self, stream: IO[str] | None = None, metrics_file: Path | None = None):
         self.stream = stream or sys.stdout
         self.metrics_file = metrics_file
+        self.orphaned = False
 
     def emit(self, type_: str, **fields: Any) -> None:
         line = json.dumps({"type": type_, **fields}, default=str)
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        if not self.orphaned:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                # The daemon died (kill -9): keep training and checkpointing; a restarted
+                # daemon finds this worker, stops it at a step boundary and resumes the job.
+                self.orphaned = True
         if self.metrics_file is not None and type_ in ("progress", "eval"):
             with open(self.metrics_file, "a") as f:
                 f.write(line + "\n")
@@ -88,6 +95,8 @@ class TrainContext:
     memory_budget_gb: float
     emitter: Emitter
     stop_requested: Callable[[], bool]
+    base_model_dir: Path | None = None
+    """The base model's local folder, once the worker has resolved (built, downloaded) it."""
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -100,6 +109,16 @@ class TrainContext:
     @property
     def fused_dir(self) -> Path:
         return self.work_dir / "fused"
+
+    def in_job(self, path: Path) -> Path:
+        """A data path of the job spec, which may be relative to the job folder."""
+        return path if Path(path).is_absolute() else self.job_dir / path
+
+    @property
+    def data_files(self) -> list[Path]:
+        """Validation first, then training: where the report's sample questions come from."""
+        files = [self.valid_file, self.train_file]
+        return [self.in_job(f) for f in files if f is not None]
 
 
 @dataclass

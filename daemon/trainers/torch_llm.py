@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from daemon.errors import DropError
 from daemon.recipe import LoraSpec, Recipe
+from daemon.trainers import samples
 from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
 from daemon.trainers.torch_common import (
     MAX_GRAD_NORM,
@@ -101,6 +102,10 @@ class SpeedOptions:
     skip_adapter_upcast: bool = True
     """Under autocast, skip PEFT's cast of each adapter's input to float32 (autocast casts it
     straight back to bfloat16 for the matmul): two kernels and a copy saved per adapted layer."""
+    unmasked_padding: bool = True
+    """Leave the padding mask out: with right padding no real token attends to a later pad and
+    no pad is trained, so the loss is the same, and SDPA can take its causal flash kernel
+    instead of the masked one (1.5x the step speed of a 1B model on an H100)."""
     compile: bool = False
     """``torch.compile`` the decoder layers (dynamic shapes); pays off on long CUDA runs."""
     pad_multiple: int = 8
@@ -272,7 +277,9 @@ class Batch:
         )
 
 
-def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> Batch:
+def collate(
+    examples: Sequence[Example], pad_id: int, pad_multiple: int = 1, *, padding_mask: bool = True
+) -> Batch:
     """Right-padded batch; labels are shifted here, on the host, so the device never waits."""
     width = max(len(e.ids) for e in examples)
     width = math.ceil(width / pad_multiple) * pad_multiple
@@ -294,7 +301,7 @@ def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> 
     tensors = [t.pin_memory() if pin else t for t in (ids, mask, targets, index, flat[index])]
     return Batch(
         tensors[0],
-        tensors[1] if padded else None,
+        tensors[1] if padded and padding_mask else None,
         tensors[2],
         tensors[3],
         tensors[4],
@@ -445,21 +452,22 @@ class TorchLLMTrainer:
         pad_id = _pad_id(tokenizer)
         fp = self._footprint(ctx, setup)
         max_len = min(t.max_seq_length, fp.max_seq_length)
-        train_set = tokenize_file(_in_job(ctx, ctx.train_file), tokenizer, max_len, t.mask_prompt)
+        train_set = tokenize_file(ctx.in_job(ctx.train_file), tokenizer, max_len, t.mask_prompt)
         valid_set = []
-        if ctx.valid_file is not None and _in_job(ctx, ctx.valid_file).exists():
-            valid_set = tokenize_file(
-                _in_job(ctx, ctx.valid_file), tokenizer, max_len, t.mask_prompt
-            )
+        if ctx.valid_file is not None and ctx.in_job(ctx.valid_file).exists():
+            valid_set = tokenize_file(ctx.in_job(ctx.valid_file), tokenizer, max_len, t.mask_prompt)
         empty_cache(setup.device)
 
         with out_of_memory_guard(setup.device):
             model = self._model(model_dir, hf_config, setup, recipe.lora, fp)
+            ask_base = replier(model, tokenizer, setup.device, base_only=True)
+            samples.before_training(ctx.work_dir, ctx.data_files, ask_base)
             run = _Run(self, ctx, setup, model, tokenizer, train_set, valid_set, fp, pad_id)
             fallbacks = MPSFallbackLog() if setup.kind == "mps" else None
             with fallbacks or contextlib.nullcontext():
                 run.loop()
             run.save_adapter()
+            samples.after_training(ctx.work_dir, replier(model, tokenizer, setup.device))
         empty_cache(setup.device)
         extra = {
             "trainer": self.name,
@@ -544,8 +552,36 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _in_job(ctx: TrainContext, path: Path) -> Path:
-    return path if Path(path).is_absolute() else ctx.job_dir / path
+def replier(
+    model: Any, tokenizer: Any, device: torch.device, *, base_only: bool = False
+) -> samples.Generate:
+    """Greedy replies of the PEFT model, or of its base with the adapter switched off."""
+
+    @torch.no_grad()
+    def reply(messages: samples.Messages) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        else:
+            text = "\n".join(m["content"] for m in messages) + "\n"
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            with model.disable_adapter() if base_only else contextlib.nullcontext():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=samples.MAX_TOKENS,
+                    do_sample=False,
+                    pad_token_id=_pad_id(tokenizer),
+                    use_cache=True,
+                )
+        finally:
+            model.train(was_training)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    return reply
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -593,7 +629,7 @@ class _Run:
         )
         self.signature = {
             **lora_signature(ctx.recipe, model.peft_config["default"]),
-            "data": _fingerprint(_in_job(ctx, ctx.train_file)),
+            "data": _fingerprint(ctx.in_job(ctx.train_file)),
         }
         self.meter = MemoryMeter(setup.device, ctx.memory_budget_gb)
         self.step = 0
@@ -670,7 +706,10 @@ class _Run:
         idx = sorted(self.cursor.remaining.pop(0), key=self.lengths.__getitem__)
         return [
             collate(
-                [self.train_set[i] for i in idx[s : s + self.micro]], self.pad_id, self.pad_multiple
+                [self.train_set[i] for i in idx[s : s + self.micro]],
+                self.pad_id,
+                self.pad_multiple,
+                padding_mask=not self.opts.unmasked_padding,
             )
             for s in range(0, len(idx), self.micro)
         ]
@@ -763,7 +802,12 @@ class _Run:
         total = torch.zeros((), device=device)
         count = 0
         for idx in batches:
-            batch = collate([self.valid_set[i] for i in idx], self.pad_id, self.pad_multiple)
+            batch = collate(
+                [self.valid_set[i] for i in idx],
+                self.pad_id,
+                self.pad_multiple,
+                padding_mask=not self.opts.unmasked_padding,
+            )
             with self.setup.autocast():
                 total += loss_sum(model, batch.to(device), self.sparse).float()
             count += batch.n_targets

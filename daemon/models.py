@@ -1,0 +1,254 @@
+"""Base models: find the folder a recipe's ``base_model`` names, and check it before training.
+
+A recipe may name a local folder (relative to the drop, absolute, or under ``~``), a Hugging
+Face Hub id, or one of our tiny built-in models (``lorainbox:tiny-llama``). Whatever it names,
+training starts only once the folder holds a readable config, readable safetensors and a
+tokenizer, so a broken download fails as the person's problem, not as a crash deep in a
+trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import DropError
+
+TINY_PREFIX = "lorainbox:"
+TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
+TINY_BUILD = 1
+"""Bumped when tinymodel changes, so a cache built by an older version is not reused."""
+
+CACHE_ENV = "LORAINBOX_CACHE_DIR"
+HUB_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.py",
+    "tokenizer.model",
+    "*.tiktoken",
+    "tiktoken.model",
+    "*.txt",
+    "*.jsonl",
+    "*.jinja",
+]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "vocab.txt")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def cache_dir() -> Path:
+    """Where built and downloaded things live: ``$LORAINBOX_CACHE_DIR`` or the user cache."""
+    if env := os.environ.get(CACHE_ENV):
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lorainbox", appauthor=False))
+
+
+def resolve_base_model(spec: str, drop_dir: Path) -> Path:
+    """The local folder holding the model ``spec`` names; builds or downloads it if needed."""
+    spec = spec.strip()
+    if spec.startswith(TINY_PREFIX):
+        return tiny_model(spec.removeprefix(TINY_PREFIX))
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = Path(drop_dir) / path
+    if path.is_dir():
+        return path.resolve()
+    looks_local = spec.startswith(("/", "~", ".")) or spec.count("/") != 1
+    if looks_local or not _HUB_ID.fullmatch(spec):
+        raise DropError.one(
+            f'the base model "{spec}" is not a folder here ({path} does not exist)',
+            "recipe.toml, `base_model`",
+            "give the path of a model folder (relative to the drop, absolute or starting "
+            'with ~), a Hugging Face id like "mlx-community/Qwen2.5-0.5B-Instruct-4bit", '
+            f"or one of {', '.join(TINY_PREFIX + n for n in TINY_MODELS)}",
+        )
+    return _download(spec)
+
+
+def tiny_model(name: str) -> Path:
+    """A tiny model built once into the cache; concurrent builders never see half a model."""
+    if name not in TINY_MODELS:
+        raise DropError.one(
+            f'"{TINY_PREFIX}{name}" is not a built-in model',
+            "recipe.toml, `base_model`",
+            f"use one of {', '.join(TINY_PREFIX + n for n in TINY_MODELS)}",
+        )
+    models = cache_dir() / "models"
+    final = models / f"{name}-v{TINY_BUILD}"
+    if (final / "config.json").is_file():
+        return final
+    from daemon.tinymodel import build_tiny_model
+
+    models.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=models))
+    try:
+        build_tiny_model(tmp, arch=TINY_MODELS[name])  # type: ignore[arg-type]
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / "config.json").is_file():  # lost a race only if the winner is whole
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    where = "recipe.toml, `base_model`"
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except GatedRepoError:
+        raise DropError.one(
+            f'the Hugging Face model "{repo_id}" is gated: it needs an accepted licence',
+            where,
+            "accept its licence on huggingface.co and log in with `hf auth login`, "
+            "or download it yourself and give its folder as `base_model`",
+        ) from None
+    except (RepositoryNotFoundError, HFValidationError):
+        raise DropError.one(
+            f'there is no Hugging Face model "{repo_id}"',
+            where,
+            "check the spelling (owner/name, as on huggingface.co), or give a local folder",
+        ) from None
+    except LocalEntryNotFoundError:
+        raise DropError.one(
+            f'could not reach the Hugging Face Hub to download "{repo_id}", and it is not cached',
+            where,
+            "connect to the internet and retry, or download the model once and give its "
+            "local folder as `base_model`",
+        ) from None
+    except OSError as e:
+        raise DropError.one(
+            f'could not download "{repo_id}" from the Hugging Face Hub ({e})',
+            where,
+            "check the network (and the disk space) and retry, or give a local folder",
+        ) from None
+
+
+def check_model_dir(path: Path) -> dict[str, Any]:
+    """Validate a model folder before anything heavy loads it; returns its parsed config."""
+    path = Path(path)
+    config = _read_config(path)
+    weights = safetensors_files(path)
+    for f in weights:
+        safetensors_header(f)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES) and not list(
+        path.glob("*.tiktoken")
+    ):
+        raise DropError.one(
+            "the model folder has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)",
+            str(path),
+            "copy the tokenizer files from the model's original download into this folder",
+        )
+    return config
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    file = path / "config.json"
+    if not file.is_file():
+        raise DropError.one(
+            "the model folder has no config.json",
+            str(path),
+            "point `base_model` at the folder that holds config.json and the .safetensors files",
+        )
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DropError.one(
+            f"config.json is not valid JSON ({e})",
+            str(file),
+            "download the model again; the file is damaged",
+        ) from None
+    if not isinstance(config, dict) or not (
+        config.get("architectures") or config.get("model_type")
+    ):
+        raise DropError.one(
+            "config.json names no architecture (no `architectures` or `model_type`)",
+            str(file),
+            "download the model again, or use a model folder in Hugging Face format",
+        )
+    return config
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The weight files of a model folder, through its index when it has one."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DropError.one(
+                f"the safetensors index is damaged ({e})",
+                str(index),
+                "download the model again",
+            ) from None
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise DropError.one(
+                f"weight files named in the index are missing: {', '.join(missing)}",
+                str(index),
+                "download the model again; the download stopped before the end",
+            )
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        extra = " (it has PyTorch .bin weights)" if list(path.glob("*.bin")) else ""
+        raise DropError.one(
+            f"the model folder has no .safetensors weights{extra}",
+            str(path),
+            "use a model published with safetensors (most are), or convert it with "
+            "`mlx_lm.convert --hf-path FOLDER`",
+        )
+    return files
+
+
+def safetensors_header(file: Path) -> dict[str, Any]:
+    """Tensor names, dtypes and shapes of one safetensors file, without reading its data."""
+    damaged = "download the model again; the file is damaged or was cut short"
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise DropError.one("the weight file is empty or cut short", str(file), damaged)
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise DropError.one(
+                    "the weight file's header is cut short or damaged", str(file), damaged
+                )
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise DropError.one(
+            f"cannot read the weight file ({e.strerror})", str(file), "check its permissions"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DropError.one(
+            "the weight file's header is not readable", str(file), damaged
+        ) from None
+    if not isinstance(header, dict):
+        raise DropError.one("the weight file's header is not readable", str(file), damaged)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+    if 8 + n + end > size:
+        raise DropError.one(
+            f"the weight file is cut short: {size:,} bytes, its header says {8 + n + end:,}",
+            str(file),
+            damaged,
+        )
+    return header
