@@ -13,11 +13,16 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+# watchdog's inotify backend warns when a short-lived folder (a checkpoint being written) is
+# watched twice; it handles it, and the warning would only clutter the person's terminal.
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
 log = logging.getLogger("lorainbox.inbox")
 

@@ -66,7 +66,8 @@ class Scheduler:
 
     def shutdown(self) -> None:
         self._aps.shutdown(wait=False)
-        self._release_sleep()
+        with self._tick_lock:  # a tick under way finishes (and may start a worker) first
+            self._release_sleep()
 
     def wake(self) -> None:
         """Tick now (on APScheduler's thread, so ticks never overlap)."""

@@ -173,6 +173,7 @@ class Daemon:
         if self.status_server is not None:
             self.status_server.stop()
         self.watcher.stop()
+        self.scheduler.shutdown()  # first, so no tick starts a worker while the last one stops
         if self.supervisor.busy:
             self.supervisor.stop("shutdown")
             if not self.supervisor.wait(timeout=120):
@@ -181,7 +182,6 @@ class Daemon:
                 )
                 self.supervisor.kill()
                 self.supervisor.wait(timeout=10)
-        self.scheduler.shutdown()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -192,7 +192,16 @@ class Daemon:
     def _all_ended(self) -> bool:
         if self.watcher.pending or self.layout.drop_candidates() or self.supervisor.busy:
             return False
-        return all(j.state.finished for j in self.store.list(self.inbox_key))
+        jobs = self.store.list(self.inbox_key)
+        if not all(j.state.finished for j in jobs):
+            return False
+        # A drop that intake has moved into Queue/ but not yet checked has no job yet.
+        known = {j.path for j in jobs}
+        queue = self.layout.queue
+        waiting = (
+            [f for f in queue.iterdir() if not f.name.startswith(".")] if queue.is_dir() else []
+        )
+        return all(str(f) in known for f in waiting)
 
     # -- start-up ---------------------------------------------------------------------------
 

@@ -146,3 +146,13 @@ def test_gguf_without_tensors_or_tokenizer_is_refused(tmp_path: Path) -> None:
         inspect_gguf(path)
     whats = " / ".join(p.what for p in err.value.problems)
     assert "no tensors" in whats and "no tokenizer" in whats and "end-of-sequence" in whats
+
+
+def test_no_space_is_put_after_special_tokens_as_in_training(tiny_ggufs: dict[str, Exported]) -> None:
+    """The Hugging Face tokenizer adds no "▁" after <|im_start|>; llama.cpp must not either."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(tiny_ggufs["f16"].info.path), n_ctx=64, verbose=False)
+    assert llm.metadata["tokenizer.ggml.add_space_prefix"] == "false"
+    ids = llm.tokenize(b"<|im_start|>user\n", add_bos=False, special=True)
+    assert not llm.detokenize(ids[1:2]).startswith(b" ")

@@ -164,3 +164,16 @@ def test_guard_turns_peak_over_budget_into_out_of_memory() -> None:
     finally:
         mx.set_memory_limit(old_limit)
         mx.clear_cache()
+
+
+def test_buffer_cache_is_bounded_by_the_working_set() -> None:
+    import mlx.core as mx
+
+    from daemon.trainers.memory import GB, MIN_CACHE_GB, apply_mlx_limits
+
+    apply_mlx_limits(8.0, cache_gb=0.5)
+    assert mx.set_cache_limit(0) == int(0.5 * GB)
+    apply_mlx_limits(8.0, cache_gb=0.01)
+    assert mx.set_cache_limit(0) == int(MIN_CACHE_GB * GB)
+    limit = apply_mlx_limits(2.0, cache_gb=100.0)
+    assert mx.set_cache_limit(0) == limit // 4

