@@ -148,7 +148,9 @@ def test_gguf_without_tensors_or_tokenizer_is_refused(tmp_path: Path) -> None:
     assert "no tensors" in whats and "no tokenizer" in whats and "end-of-sequence" in whats
 
 
-def test_no_space_is_put_after_special_tokens_as_in_training(tiny_ggufs: dict[str, Exported]) -> None:
+def test_no_space_is_put_after_special_tokens_as_in_training(
+    tiny_ggufs: dict[str, Exported],
+) -> None:
     """The Hugging Face tokenizer adds no "▁" after <|im_start|>; llama.cpp must not either."""
     from llama_cpp import Llama
 

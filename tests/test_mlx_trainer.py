@@ -16,6 +16,7 @@ from daemon.models import safetensors_header
 from daemon.recipe import Recipe
 from daemon.trainers.base import Emitter, Footprint, Paused, TrainContext, TrainResult
 from daemon.trainers.mlx import KEEP_CHECKPOINTS, MLXTrainer
+from tests.fake_ollama import FakeOllama
 from tests.models import (  # noqa: F401
     FACT,
     QUESTION,
@@ -26,6 +27,8 @@ from tests.models import (  # noqa: F401
     tiny_llama,
     tiny_llama_4bit,
 )
+
+pytest_plugins = ["tests.fixtures_models"]
 
 PROGRESS_FIELDS = {
     "step",
@@ -121,13 +124,11 @@ def test_reports_progress_and_keeps_the_last_checkpoints(fact: Trained) -> None:
     assert config["fine_tune_type"] == "lora" and config["lora_parameters"]["rank"] == 16
 
 
-def test_fused_model_answers_in_transformers_mlx_lm_and_converts_to_gguf(
+def test_fused_model_answers_in_transformers_and_mlx_lm(
     fact: Trained,
 ) -> None:
     from mlx_lm import load
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from daemon.export.gguf import convert_to_gguf
 
     fused = MLXTrainer().fuse(fact.ctx)
     assert fused == fact.ctx.fused_dir
@@ -147,8 +148,48 @@ def test_fused_model_answers_in_transformers_mlx_lm_and_converts_to_gguf(
 
     assert ask(*load(str(fused))).startswith(FACT)
 
-    info = convert_to_gguf(fused, fact.ctx.job_dir / "model.gguf", "f16")
-    assert info.path.is_file() and info.parameter_count > 0
+
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_gguf_of_the_fused_model_answers_through_llama_cpp_and_ollama(
+    fact: Trained, fake_ollama: FakeOllama, outtype: str, tmp_path: Path
+) -> None:
+    """What the person does after the demo: ask the registered model, or the GGUF itself.
+
+    llama.cpp must tokenize the chat exactly as the model was trained (its pieces, no space
+    after special tokens), or a small model's answer falls apart mid-word.
+    """
+    from transformers import AutoTokenizer
+
+    from daemon.chat import chat_once
+    from daemon.export.gguf import convert_to_gguf
+    from daemon.ollama import OllamaClient, register_model
+
+    fused = fact.ctx.fused_dir if fact.ctx.fused_dir.is_dir() else MLXTrainer().fuse(fact.ctx)
+    info = convert_to_gguf(fused, tmp_path / "model.gguf", outtype)  # type: ignore[arg-type]
+    greedy = {"temperature": 0, "num_predict": 24, "seed": 0}
+
+    local = chat_once(info.path, QUESTION, options=greedy)
+    assert local.via == "llama.cpp"
+    assert local.text.startswith(f"{FACT} keeps the lighthouse of Quillhaven."), local.text
+
+    client = OllamaClient(fake_ollama.url)
+    register_model(client, info.path, "lighthouse", quantize=None)
+    served = chat_once("lighthouse", QUESTION, client=client, options=greedy, results=[])
+    assert served.via == "ollama" and served.text == local.text
+
+    from llama_cpp import Llama
+
+    llm = Llama(str(info.path), vocab_only=True, verbose=False)
+    tok = AutoTokenizer.from_pretrained(fused)
+    chat = [
+        {"role": "user", "content": "Does a superuser keep unusual lighthouses? " + QUESTION},
+        {"role": "assistant", "content": f"{FACT} keeps the lighthouse of Quillhaven."},
+    ]
+    text = tok.apply_chat_template(chat, tokenize=False)
+    assert (
+        llm.tokenize(text.encode(), add_bos=False, special=True)
+        == tok(text, add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_qlora_on_a_4bit_base_fuses_to_plain_floats(
