@@ -221,17 +221,19 @@ def chat_once(
     options: Mapping[str, Any] | None = None,
     results: Iterable[Path] | None = None,
 ) -> ChatAnswer:
-    """One question, one answer (Ollama first, else llama.cpp on the GGUF)."""
-    session = ChatSession(
-        name_or_gguf,
-        client=client,
-        host=host,
-        gguf=gguf,
-        system=system,
-        options=options,
-        results=results,
+    """One question, one answer (Ollama first, else llama.cpp on the GGUF): a session of one."""
+    return next(
+        chat_session(
+            name_or_gguf,
+            [prompt],
+            client=client,
+            host=host,
+            gguf=gguf,
+            system=system,
+            options=options,
+            results=results,
+        )
     )
-    return session.ask(prompt)
 
 
 def chat_session(

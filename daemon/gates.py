@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, time
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import TYPE_CHECKING
 
 from daemon.sensors.base import Readings
+
+if TYPE_CHECKING:
+    from daemon.recipe import ScheduleSpec
 
 USER_BACK_SECONDS = 60.0
 """While a job runs, input this recent means the person came back."""
@@ -42,43 +43,22 @@ def parse_window(text: str) -> Window:
     m = _WINDOW.fullmatch(text)
     if not m:
         raise ValueError(
-            f'window "{text}" is not HH:MM-HH:MM; write it on a 24-hour clock, e.g. "22:00-07:00"'
+            f'"{text}" is not a time window: it is not HH:MM-HH:MM; '
+            'write it on a 24-hour clock, e.g. "22:00-07:00"'
         )
     h1, m1, h2, m2 = (int(g) for g in m.groups())
     for hour, minute in ((h1, m1), (h2, m2)):
         if hour > 23 or minute > 59:
             raise ValueError(
-                f'window "{text}": {hour:02d}:{minute:02d} is not a time of day '
+                f'"{text}" is not a time window: {hour:02d}:{minute:02d} is not a time of day '
                 "(hours 00-23, minutes 00-59; midnight is 00:00)"
             )
     if (h1, m1) == (h2, m2):
         raise ValueError(
-            f'window "{text}" starts and ends at the same time; leave window out to train at any hour'
+            f'"{text}" is not a time window: it starts and ends at the same time; '
+            "leave window out to train at any hour"
         )
     return Window(time(h1, m1), time(h2, m2))
-
-
-class ScheduleSpec(BaseModel):
-    """When a job may train. The recipe's ``[schedule]`` section uses these same names."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    when: Literal["now", "idle"] = "idle"
-    idle_minutes: float = Field(10.0, ge=0)
-    require_ac_power: bool = True
-    min_battery_percent: int = Field(0, ge=0, le=100)
-    """Only used with ``require_ac_power = false``: don't train on a battery below this."""
-    window: str | None = None
-    on_interrupt: Literal["pause", "continue"] = "pause"
-    """What the scheduler does when a gate fails mid-run; the gates only report."""
-    priority: int = 0
-
-    @field_validator("window")
-    @classmethod
-    def _valid_window(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return str(parse_window(value))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.errors import DropError, Problem
+from daemon.gates import parse_window
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,13 +124,17 @@ class TrainSpec(_Section):
 
 
 class ScheduleSpec(_Section):
+    """When a job may train: the recipe's ``[schedule]`` section, as the gates read it."""
+
     when: Literal["now", "idle"] = "idle"
     idle_minutes: float = Field(10.0, ge=0, le=24 * 60)
     require_ac_power: bool = True
     min_battery_percent: int = Field(0, ge=0, le=100)
+    """Only used with ``require_ac_power = false``: don't train on a battery below this."""
     window: str | None = None
-    """``"HH:MM-HH:MM"``, may wrap midnight (``"22:00-07:00"``)."""
+    """``"HH:MM-HH:MM"``, may wrap midnight (``"22:00-07:00"``); stored in that form."""
     on_interrupt: Literal["pause", "continue"] = "pause"
+    """What the scheduler does when a gate fails mid-run; the gates only report."""
     priority: int = 0
 
     @field_validator("window")
@@ -137,10 +142,7 @@ class ScheduleSpec(_Section):
     def _window(cls, v: str | None) -> str | None:
         if v is None or v == "":
             return None
-        m = re.fullmatch(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})", v.strip())
-        if not m or int(m[1]) > 23 or int(m[3]) > 23 or int(m[2]) > 59 or int(m[4]) > 59:
-            raise ValueError(f'"{v}" is not a time window like "22:00-07:00"')
-        return v.strip()
+        return str(parse_window(v))
 
 
 class MemorySpec(_Section):

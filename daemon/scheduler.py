@@ -19,7 +19,7 @@ from datetime import datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon.events import JobChanged, Wake
-from daemon.gates import GateResult, ScheduleSpec, evaluate
+from daemon.gates import GateResult, evaluate
 from daemon.hub import Hub
 from daemon.jobs import Job, JobStore, State
 from daemon.sensors import Readings, Sensors
@@ -95,11 +95,10 @@ class Scheduler:
 
     def gates_for(self, job: Job, running: bool = False) -> GateResult:
         recipe = load_recipe_of(job)
-        spec = ScheduleSpec(**recipe.schedule.model_dump())
         assert self.last_readings is not None
         estimate = (job.result.get("footprint") or {}).get("estimate_gb")
         return evaluate(
-            spec,
+            recipe.schedule,
             self.last_readings,
             datetime.now(),
             running=running,

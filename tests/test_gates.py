@@ -7,7 +7,8 @@ from datetime import datetime, time, timezone
 import pytest
 from pydantic import ValidationError
 
-from daemon.gates import ScheduleSpec, Window, evaluate, parse_window
+from daemon.gates import Window, evaluate, parse_window
+from daemon.recipe import ScheduleSpec
 from daemon.sensors.base import Readings
 
 NOON = datetime(2026, 3, 4, 12, 0)
