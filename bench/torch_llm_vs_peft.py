@@ -9,6 +9,7 @@ the process's peak RSS on the CPU), after warm-up steps that are not timed.
 
     python bench/torch_llm_vs_peft.py --out results/llm.json          # CUDA, all arms + ablations
     python bench/torch_llm_vs_peft.py --tiny --out /tmp/llm-tiny.json  # CPU smoke test (< 1 min)
+    python bench/torch_llm_vs_peft.py --arms hf-peft-trainer,ours --repeat 3 --steps 80
 
 The ablation arms turn one of our speed switches off, so the table shows what each one buys:
 ``--ablations`` runs them (default on CUDA); ``--with-compile`` adds a ``torch.compile`` arm.
@@ -42,6 +43,9 @@ ABLATIONS = {
     "ours-sync-every-step": {"defer_sync": False},
     "ours-adapter-upcast": {"skip_adapter_upcast": False},
     "ours-padding-mask": {"unmasked_padding": False},
+    "ours-cudnn-attention": {"no_cudnn_attention": False},
+    "ours-pad-8": {"pad_multiple": 8},
+    "ours-pad-128": {"pad_multiple": 128},
 }
 WORDS = [
     "the",
@@ -370,6 +374,19 @@ def child(args: argparse.Namespace) -> None:
 # --- the parent: fixtures, arms, table -----------------------------------------------------------------
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median tokens/s, with every run's tokens/s beside it."""
+    timed = sorted(
+        (r for r in runs if "tokens_per_second" in r), key=lambda r: r["tokens_per_second"]
+    )
+    if not timed:
+        return runs[-1]
+    return {
+        **timed[(len(timed) - 1) // 2],
+        "runs_tokens_per_second": [round(r["tokens_per_second"]) for r in timed],
+    }
+
+
 def run_arm(
     arm: str, s: Settings, model: Path, data: Path, work: Path, tiny: bool
 ) -> dict[str, Any]:
@@ -434,6 +451,9 @@ def main() -> None:
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--with-compile", action="store_true", help="also run the torch.compile arm")
     p.add_argument("--arms", help="comma-separated arms to run (default: all that apply)")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="rounds over all arms; each arm reports its median"
+    )
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--keep", type=Path, help="build the model and data here (and keep them)")
     p.add_argument("--arm", help=argparse.SUPPRESS)
@@ -473,14 +493,17 @@ def main() -> None:
     examples = max(4 * s.steps * s.batch, 256)
     data = build_data(work / "train.jsonl", examples, max_words=s.seq // 2)
 
-    results: dict[str, dict[str, Any]] = {}
-    for arm in arms:
-        print(f"running {arm} ...", flush=True)
-        results[arm] = run_arm(arm, s, model, data, work, args.tiny)
-        if "skipped" in results[arm]:
-            print(f"  note: {arm} skipped: {results[arm]['skipped']}")
-        elif "error" in results[arm]:
-            print(f"  {arm} failed:\n{results[arm]['log_tail']}")
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for round_ in range(args.repeat):
+        for arm in arms:  # interleaved, so a slow spell of a shared GPU hits every arm alike
+            print(f"running {arm} ({round_ + 1}/{args.repeat}) ...", flush=True)
+            result = run_arm(arm, s, model, data, work, args.tiny)
+            runs[arm].append(result)
+            if "skipped" in result:
+                print(f"  note: {arm} skipped: {result['skipped']}")
+            elif "error" in result:
+                print(f"  {arm} failed:\n{result['log_tail']}")
+    results = {arm: median_run(found) for arm, found in runs.items()}
     print()
     print(table(results, "hf-peft-trainer"))
     hf, ours = results.get("hf-peft-trainer", {}), results.get("ours", {})

@@ -106,10 +106,15 @@ class SpeedOptions:
     """Leave the padding mask out: with right padding no real token attends to a later pad and
     no pad is trained, so the loss is the same, and SDPA can take its causal flash kernel
     instead of the masked one (1.5x the step speed of a 1B model on an H100)."""
+    no_cudnn_attention: bool = True
+    """On CUDA, keep SDPA to its flash and memory-efficient kernels. cuDNN's attention (first
+    choice on Hopper) builds an execution plan for every new batch shape, and length-grouped
+    batches bring a new shape most steps."""
     compile: bool = False
     """``torch.compile`` the decoder layers (dynamic shapes); pays off on long CUDA runs."""
-    pad_multiple: int = 8
-    """Pad batch lengths to a multiple of this on CUDA (tensor-core friendly shapes)."""
+    pad_multiple: int = 64
+    """Pad batch lengths to a multiple of this on CUDA: few distinct shapes for the kernels'
+    per-shape choices and the caching allocator (2.70x HF vs 2.37x at 8 on an H100)."""
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -381,6 +386,8 @@ def load_base(model_dir: Path, setup: DeviceSetup, options: SpeedOptions) -> Any
         attn_implementation="sdpa" if options.sdpa else "eager",
     )
     model.config.use_cache = False
+    if setup.kind == "cuda" and options.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return model.to(setup.device)
 
 
