@@ -93,10 +93,25 @@ def pick_trainer(recipe: Recipe) -> Trainer:
 def _mlx_available() -> bool:
     try:
         import mlx.core  # noqa: F401
+
+        _keep_torch_out_of_transformers()
         import mlx_lm  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def _keep_torch_out_of_transformers() -> None:
+    """An MLX job needs transformers only for its tokenizer, but transformers imports torch
+    whenever torch is installed: 180 MB of the worker's memory for nothing. Telling it torch is
+    absent (the way it runs on a Mac without torch) keeps the worker at mlx-lm's size or below.
+    Only for a worker that has not loaded transformers yet (building the tiny demo model does)."""
+    if "transformers" in sys.modules:
+        return
+    import transformers.utils as utils
+    import transformers.utils.import_utils as import_utils
+
+    utils.is_torch_available = import_utils.is_torch_available = lambda: False
 
 
 def initial_footprint(spec: JobSpec) -> Footprint:
@@ -134,15 +149,15 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     spec = JobSpec.load(job_dir)
     work = job_dir / WORK_DIR
     emitter.metrics_file = work / "metrics.jsonl"
-    trainer = pick_trainer(spec.recipe)
     done_marker = work / "trained.json"
     footprint = initial_footprint(spec)
     base = None
     if spec.recipe.kind == "llm":
         base = resolve_base_model(spec.recipe.base_model, job_dir)
         check_model_dir(base)
-        if not done_marker.exists():
-            footprint = plan_memory(spec, job_dir, base, emitter)
+    trainer = pick_trainer(spec.recipe)
+    if base is not None and not done_marker.exists():
+        footprint = plan_memory(spec, job_dir, base, emitter)
     ctx = TrainContext(
         job_dir=job_dir,
         work_dir=work,

@@ -186,3 +186,23 @@ def test_corrupt_base_model_exits_65_naming_the_file(
     assert what in problem["what"]
     assert problem["where"] == str(model / file)
     assert "download the model again" in problem["fix"]
+
+
+def test_an_mlx_worker_does_not_load_torch(tiny_llama: Path) -> None:  # noqa: F811
+    """transformers imports torch whenever it is installed; an MLX job only needs its tokenizer."""
+    code = f"""
+import sys, psutil
+from daemon.worker import pick_trainer
+from tests.models import tiny_fact_recipe
+trainer = pick_trainer(tiny_fact_recipe())
+from mlx_lm import load
+model, tokenizer = load({str(tiny_llama)!r})
+ids = tokenizer.apply_chat_template([{{"role": "user", "content": "hi"}}], add_generation_prompt=True)
+print(trainer.name, "torch" in sys.modules, len(ids), psutil.Process().memory_info().rss // 2**20)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    name, torch_loaded, n_ids, rss_mb = out[-4:]
+    assert (name, torch_loaded) == ("mlx", "False")
+    assert int(n_ids) > 3 and int(rss_mb) < 200
