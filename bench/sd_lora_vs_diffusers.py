@@ -12,32 +12,47 @@ process. Reported: seconds per step after warm-up, peak memory, and ours/baselin
 (goal: at most 1.25, i.e. at least 0.8x the example's speed).
 
     python bench/sd_lora_vs_diffusers.py --out results/sd.json
-    python bench/sd_lora_vs_diffusers.py --tiny --out /tmp/sd-tiny.json
+    python bench/sd_lora_vs_diffusers.py --tiny --out /tmp/sd-tiny.json   # CPU smoke test
+    python bench/sd_lora_vs_diffusers.py --arms diffusers-example,ours --repeat 3
 
 Ablation arms (``--ablations``, default on CUDA) turn one of our switches off each (latent
 caching, channels-last, bf16, cuDNN autotuning, deferred loss reads); ``--with-compile`` adds
-a ``torch.compile`` arm.
+a ``torch.compile`` arm. ``--repeat N`` runs N interleaved rounds over the arms and reports
+each arm's median step time, every round's beside it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _harness import (
+    COMPILE,
+    ArmCall,
+    Column,
+    StepClock,
+    add_round_args,
+    arms_to_run,
+    bench_parser,
+    median_run,
+    parse_or_run_arm,
+    ratio_to,
+    resolve_device,
+    results_table,
+    run_rounds,
+    spawn_arm,
+    train_context,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-COMPILE = {"ours+compile": {"compile": True}}
-"""Opt-in (--with-compile): compiling costs minutes up front, so it only pays on long runs."""
 ABLATIONS = {
     "ours-no-latent-cache": {"cache_latents": False},
     "ours-no-channels-last": {"channels_last": False},
@@ -159,74 +174,43 @@ def build_images(folder: Path, count: int, size: int, seed: int = 0) -> Path:
 # --- arms -------------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self, s: Settings):
-        self.s = s
-        self.start = self.end = self.began = time.perf_counter()
-        self.first_step: float | None = None
-
-    def mark(self, step: int) -> None:
-        if step == 1:
-            self.first_step = time.perf_counter() - self.began
-        if step in (self.s.warmup, self.s.steps):
-            _sync(self.s.device)
-            if step == self.s.warmup:
-                self.start = time.perf_counter()
-            else:
-                self.end = time.perf_counter()
-
-    def result(self) -> dict[str, Any]:
-        timed = self.s.steps - self.s.warmup
-        return {
-            "seconds_per_step": (self.end - self.start) / timed,
-            "timed_steps": timed,
-            "setup_seconds": self.first_step,
-            "peak_memory_gb": _peak_gb(self.s.device),
-        }
+def timed_result(clock: StepClock) -> dict[str, Any]:
+    """Seconds per step over the timed steps, setup time (to the end of step 1), peak memory."""
+    return {
+        "seconds_per_step": clock.seconds_per_step,
+        "timed_steps": clock.timed_steps,
+        "setup_seconds": clock.first_step,
+        "peak_memory_gb": clock.peak_memory_gb(),
+    }
 
 
 def run_ours(
     s: Settings, model: Path, listing: Path, work: Path, switches: dict[str, Any]
 ) -> dict[str, Any]:
-    import io
-
-    from daemon.recipe import Recipe
-    from daemon.trainers.base import Emitter, Footprint, TrainContext
+    from daemon.trainers.base import Footprint
     from daemon.trainers.diffusion import DiffusionOptions, DiffusionTrainer
 
-    recipe = Recipe.model_validate(
-        {
-            "name": "bench",
-            "kind": "diffusion",
-            "base_model": str(model),
-            "trainer": "torch",
-            "lora": {"rank": s.rank, "alpha": s.rank},
-            "train": {
-                "iters": s.steps,
-                "batch_size": s.batch,
-                "learning_rate": s.lr,
-                "steps_per_report": s.steps,
-                "save_every": 10 * s.steps,
-                "device": s.device,
-            },
-            "diffusion": {"resolution": s.resolution},
-        }
-    )
-    ctx = TrainContext(
-        job_dir=work,
-        work_dir=work / ".lorainbox",
-        recipe=recipe,
-        train_file=listing,
-        valid_file=None,
-        footprint=Footprint(s.batch, 2048, False),
-        memory_budget_gb=1e6,
-        emitter=Emitter(io.StringIO()),
-        stop_requested=lambda: False,
-    )
-    clock = Clock(s)
+    recipe = {
+        "name": "bench",
+        "kind": "diffusion",
+        "base_model": str(model),
+        "trainer": "torch",
+        "lora": {"rank": s.rank, "alpha": s.rank},
+        "train": {
+            "iters": s.steps,
+            "batch_size": s.batch,
+            "learning_rate": s.lr,
+            "steps_per_report": s.steps,
+            "save_every": 10 * s.steps,
+            "device": s.device,
+        },
+        "diffusion": {"resolution": s.resolution},
+    }
+    ctx = train_context(recipe, work, listing, Footprint(s.batch, 2048, False))
+    clock = StepClock(s.device, s.steps, s.warmup)
     options = DiffusionOptions(samples=False, **switches)
     DiffusionTrainer(options, on_step=lambda step, n: clock.mark(step)).train(ctx)
-    return clock.result()
+    return timed_result(clock)
 
 
 def run_diffusers_example(s: Settings, model: Path, listing: Path) -> dict[str, Any]:
@@ -241,7 +225,7 @@ def run_diffusers_example(s: Settings, model: Path, listing: Path) -> dict[str, 
     from PIL import Image
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    clock = Clock(s)
+    clock = StepClock(s.device, s.steps, s.warmup)
     bf16 = s.device == "cuda" and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=s.device == "cpu")
     noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
@@ -350,103 +334,42 @@ def run_diffusers_example(s: Settings, model: Path, listing: Path) -> dict[str, 
                 train_loss = 0.0
             if step >= s.steps:
                 break
-    return clock.result()
+    return timed_result(clock)
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
-
-
-def _peak_gb(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 1e9
-    from daemon.trainers.torch_common import process_peak_rss_gb
-
-    return process_peak_rss_gb()
-
-
-def child(args: argparse.Namespace) -> None:
-    s = Settings(**json.loads(args.settings))
+def child(call: ArmCall) -> dict[str, Any]:
+    s = Settings(**call.settings)
     random.seed(0)
-    work = Path(tempfile.mkdtemp(prefix=f"{args.arm}-", dir=args.work))
-    if args.arm == "diffusers-example":
-        result = run_diffusers_example(s, Path(args.model), Path(args.data))
-    else:
-        result = run_ours(
-            s, Path(args.model), Path(args.data), work, {**ABLATIONS, **COMPILE}.get(args.arm, {})
-        )
-    print("RESULT " + json.dumps(result), flush=True)
+    if call.arm == "diffusers-example":
+        return run_diffusers_example(s, call.model, call.data)
+    switches = {**ABLATIONS, **COMPILE}.get(call.arm, {})
+    return run_ours(s, call.model, call.data, call.work, switches)
 
 
 # --- the parent -----------------------------------------------------------------------------------
 
 
-def run_arm(
-    arm: str, s: Settings, model: Path, listing: Path, work: Path, tiny: bool
-) -> dict[str, Any]:
-    env = dict(os.environ)
-    if tiny:
-        env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, __file__, "--arm", arm, "--settings", json.dumps(asdict(s))]
-    cmd += ["--model", str(model), "--data", str(listing), "--work", str(work)]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return {**json.loads(line[7:]), "wall_seconds": time.perf_counter() - started}
-    return {"error": f"exit {proc.returncode}", "log_tail": (proc.stderr or proc.stdout)[-3000:]}
-
-
 def table(results: dict[str, dict[str, Any]], baseline: str) -> str:
-    base = results.get(baseline, {}).get("seconds_per_step")
-    rows = [f"{'arm':<24}{'s/step':>10}{'peak GB':>10}{'setup s':>10}{'time vs example':>17}"]
-    for arm, r in results.items():
-        if "seconds_per_step" not in r:
-            rows.append(f"{arm:<24}  {r.get('error')}")
-            continue
-        ratio = r["seconds_per_step"] / base if base else float("nan")
-        rows.append(
-            f"{arm:<24}{r['seconds_per_step']:>10.4f}{r['peak_memory_gb']:>10.2f}"
-            f"{r['setup_seconds'] or 0:>10.1f}{ratio:>16.2f}x"
-        )
-    return "\n".join(rows)
+    columns = [
+        Column("s/step", 10, lambda r: r["seconds_per_step"], ".4f"),
+        Column("peak GB", 10, lambda r: r["peak_memory_gb"], ".2f"),
+        Column("setup s", 10, lambda r: r["setup_seconds"] or 0, ".1f"),
+        Column("time vs example", 17, ratio_to(results, baseline, "seconds_per_step"), ".2f", "x"),
+    ]
+    return results_table(results, columns, "seconds_per_step", arm_width=24)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--tiny", action="store_true", help="tiny pipeline at 64 px on the CPU")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--warmup", type=int)
+    p = bench_parser(__doc__, tiny_help="tiny pipeline at 64 px on the CPU")
     p.add_argument("--images", type=int)
-    p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--with-compile", action="store_true", help="also run the torch.compile arm")
+    add_round_args(p)
     p.add_argument("--out", type=Path)
     p.add_argument("--keep", type=Path, help="build the model and images here (and keep them)")
-    p.add_argument("--arm", help=argparse.SUPPRESS)
-    p.add_argument("--settings", help=argparse.SUPPRESS)
-    p.add_argument("--model", help=argparse.SUPPRESS)
-    p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.arm:
-        child(args)
+    args = parse_or_run_arm(p, child)
+    if args is None:
         return
 
-    import torch
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    device = resolve_device(args.device, args.tiny)
     big = not args.tiny
     s = Settings(
         device=device,
@@ -454,25 +377,22 @@ def main() -> None:
         warmup=args.warmup or (10 if big else 3),
         resolution=512 if big else 64,
     )
-    ablations = args.ablations if args.ablations is not None else device == "cuda"
-    arms = [
-        "diffusers-example",
-        "ours",
-        *(ABLATIONS if ablations else []),
-        *(COMPILE if args.with_compile else []),
-    ]
+    arms = arms_to_run(args, device, ["diffusers-example", "ours"], list(ABLATIONS))
     work = args.keep or Path(tempfile.mkdtemp(prefix="sd-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"building the {'tiny' if args.tiny else 'SD 1.5-shaped'} pipeline and images in {work}")
     model = build_model(work / "model", args.tiny)
     listing = build_images(work / "images", args.images or (64 if big else 8), s.resolution)
 
-    results: dict[str, dict[str, Any]] = {}
-    for arm in arms:
-        print(f"running {arm} ...", flush=True)
-        results[arm] = run_arm(arm, s, model, listing, work, args.tiny)
-        if "error" in results[arm]:
-            print(f"  {arm} failed:\n{results[arm]['log_tail']}")
+    runs = run_rounds(
+        arms, args.repeat, lambda arm: spawn_arm(__file__, arm, s, model, listing, work, args.tiny)
+    )
+    results = {arm: found[0] for arm, found in runs.items()}
+    if args.repeat > 1:
+        results = {
+            arm: median_run(found, "seconds_per_step", higher_is_better=False, digits=4)
+            for arm, found in runs.items()
+        }
     print()
     print(table(results, "diffusers-example"))
     base, ours = results.get("diffusers-example", {}), results.get("ours", {})
@@ -490,18 +410,8 @@ def main() -> None:
             f"\nours vs diffusers' example: {ratio:.2f}x the step time ({1 / ratio:.2f}x speed), "
             f"{summary['memory_ratio']:.2f}x peak memory"
         )
-    report = {
-        "settings": asdict(s),
-        "model": "tiny" if args.tiny else "SD 1.5-shaped, random weights",
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else device,
-        "torch": torch.__version__,
-        "results": results,
-        "summary": summary,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    name = "tiny" if args.tiny else "SD 1.5-shaped, random weights"
+    write_report(args.out, s, name, device, results, summary)
 
 
 if __name__ == "__main__":

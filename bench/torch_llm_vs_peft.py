@@ -17,23 +17,36 @@ The ablation arms turn one of our speed switches off, so the table shows what ea
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _harness import (
+    COMPILE,
+    ArmCall,
+    Column,
+    StepClock,
+    add_round_args,
+    arms_to_run,
+    bench_parser,
+    median_run,
+    parse_or_run_arm,
+    ratio_to,
+    resolve_device,
+    results_table,
+    run_rounds,
+    spawn_arm,
+    train_context,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-COMPILE = {"ours+compile": {"compile": True}}
-"""Opt-in (--with-compile): compiling costs minutes up front, so it only pays on long runs."""
 ABLATIONS = {
     "ours-no-length-grouping": {"group_by_length": False},
     "ours-dense-logits": {"sparse_logits": False},
@@ -167,75 +180,43 @@ def build_data(path: Path, examples: int, max_words: int, seed: int = 0) -> Path
 # --- arms (each in its own process) -----------------------------------------------------------------
 
 
-class Clock:
-    """Wall time and real tokens from the end of the warm-up step to the end of the last step."""
-
-    def __init__(self, s: Settings):
-        self.s = s
-        self.start = self.end = 0.0
-
-    def mark(self, step: int) -> None:
-        if step in (self.s.warmup, self.s.steps):
-            _sync(self.s.device)
-            now = time.perf_counter()
-            if step == self.s.warmup:
-                self.start = now
-            else:
-                self.end = now
-
-    def result(self, tokens: int) -> dict[str, Any]:
-        seconds = self.end - self.start
-        timed = self.s.steps - self.s.warmup
-        return {
-            "tokens_per_second": tokens / seconds,
-            "seconds_per_step": seconds / timed,
-            "timed_steps": timed,
-            "tokens": tokens,
-            "peak_memory_gb": _peak_gb(self.s.device),
-        }
+def timed_result(clock: StepClock, tokens: int) -> dict[str, Any]:
+    """Real tokens per second and seconds per step over the timed steps, and the peak memory."""
+    return {
+        "tokens_per_second": tokens / clock.seconds,
+        "seconds_per_step": clock.seconds_per_step,
+        "timed_steps": clock.timed_steps,
+        "tokens": tokens,
+        "peak_memory_gb": clock.peak_memory_gb(),
+    }
 
 
 def run_ours(
     s: Settings, model: Path, data: Path, work: Path, switches: dict[str, Any]
 ) -> dict[str, Any]:
-    import io
-
-    from daemon.recipe import Recipe
-    from daemon.trainers.base import Emitter, Footprint, TrainContext
+    from daemon.trainers.base import Footprint
     from daemon.trainers.torch_llm import SpeedOptions, TorchLLMTrainer
 
-    recipe = Recipe.model_validate(
-        {
-            "name": "bench",
-            "base_model": str(model),
-            "trainer": "torch",
-            "lora": {"rank": s.rank, "alpha": s.alpha, "num_layers": -1},
-            "train": {
-                "iters": s.steps,
-                "batch_size": s.batch,
-                "learning_rate": s.lr,
-                "lr_schedule": "cosine",
-                "warmup": s.warmup,
-                "max_seq_length": s.seq,
-                "steps_per_report": s.steps,
-                "steps_per_eval": s.steps,
-                "save_every": 10 * s.steps,
-                "device": s.device,
-            },
-        }
-    )
-    ctx = TrainContext(
-        job_dir=work,
-        work_dir=work / ".lorainbox",
-        recipe=recipe,
-        train_file=data,
-        valid_file=None,
-        footprint=Footprint(s.batch, s.seq, s.grad_checkpoint),
-        memory_budget_gb=1e6,
-        emitter=Emitter(io.StringIO()),
-        stop_requested=lambda: False,
-    )
-    clock = Clock(s)
+    recipe = {
+        "name": "bench",
+        "base_model": str(model),
+        "trainer": "torch",
+        "lora": {"rank": s.rank, "alpha": s.alpha, "num_layers": -1},
+        "train": {
+            "iters": s.steps,
+            "batch_size": s.batch,
+            "learning_rate": s.lr,
+            "lr_schedule": "cosine",
+            "warmup": s.warmup,
+            "max_seq_length": s.seq,
+            "steps_per_report": s.steps,
+            "steps_per_eval": s.steps,
+            "save_every": 10 * s.steps,
+            "device": s.device,
+        },
+    }
+    ctx = train_context(recipe, work, data, Footprint(s.batch, s.seq, s.grad_checkpoint))
+    clock = StepClock(s.device, s.steps, s.warmup)
     counted = {"tokens": 0}
 
     def on_step(step: int, tokens: int) -> None:
@@ -244,7 +225,7 @@ def run_ours(
         clock.mark(step)
 
     TorchLLMTrainer(SpeedOptions(**switches), on_step=on_step).train(ctx)
-    return clock.result(counted["tokens"])
+    return timed_result(clock, counted["tokens"])
 
 
 def run_hf(s: Settings, model_dir: Path, data: Path, work: Path, unsloth: bool) -> dict[str, Any]:
@@ -310,7 +291,7 @@ def run_hf(s: Settings, model_dir: Path, data: Path, work: Path, unsloth: bool) 
         counts.append(int(batch["attention_mask"].sum()))  # on the host: no device sync
         return batch
 
-    clock = Clock(s)
+    clock = StepClock(s.device, s.steps, s.warmup)
 
     class Timing(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -336,141 +317,45 @@ def run_hf(s: Settings, model_dir: Path, data: Path, work: Path, unsloth: bool) 
         model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timing()]
     )
     trainer.train()
-    return clock.result(sum(counts[s.warmup : s.steps]))
+    return timed_result(clock, sum(counts[s.warmup : s.steps]))
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
-
-
-def _peak_gb(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 1e9
-    from daemon.trainers.torch_common import process_peak_rss_gb
-
-    return process_peak_rss_gb()
-
-
-def child(args: argparse.Namespace) -> None:
-    s = Settings(**json.loads(args.settings))
-    work = Path(tempfile.mkdtemp(prefix=f"{args.arm}-", dir=args.work))
-    if args.arm == "hf-peft-trainer":
-        result = run_hf(s, Path(args.model), Path(args.data), work, unsloth=False)
-    elif args.arm == "unsloth":
-        result = run_hf(s, Path(args.model), Path(args.data), work, unsloth=True)
-    else:
-        switches = {**ABLATIONS, **COMPILE}.get(args.arm, {})
-        result = run_ours(s, Path(args.model), Path(args.data), work, switches)
-    print("RESULT " + json.dumps(result), flush=True)
+def child(call: ArmCall) -> dict[str, Any]:
+    s = Settings(**call.settings)
+    if call.arm == "hf-peft-trainer":
+        return run_hf(s, call.model, call.data, call.work, unsloth=False)
+    if call.arm == "unsloth":
+        return run_hf(s, call.model, call.data, call.work, unsloth=True)
+    switches = {**ABLATIONS, **COMPILE}.get(call.arm, {})
+    return run_ours(s, call.model, call.data, call.work, switches)
 
 
 # --- the parent: fixtures, arms, table -----------------------------------------------------------------
 
 
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median tokens/s, with every run's tokens/s beside it."""
-    timed = sorted(
-        (r for r in runs if "tokens_per_second" in r), key=lambda r: r["tokens_per_second"]
-    )
-    if not timed:
-        return runs[-1]
-    return {
-        **timed[(len(timed) - 1) // 2],
-        "runs_tokens_per_second": [round(r["tokens_per_second"]) for r in timed],
-    }
-
-
-def run_arm(
-    arm: str, s: Settings, model: Path, data: Path, work: Path, tiny: bool
-) -> dict[str, Any]:
-    env = dict(os.environ)
-    if tiny:
-        env["OMP_NUM_THREADS"] = "1"  # tiny matrices: a shared CPU's thread pool only adds spinning
-    cmd = [
-        sys.executable,
-        __file__,
-        "--arm",
-        arm,
-        "--settings",
-        json.dumps(asdict(s)),
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--work",
-        str(work),
-    ]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return {**json.loads(line[7:]), "wall_seconds": time.perf_counter() - started}
-    tail = (proc.stderr or proc.stdout)[-3000:]
-    return {"error": f"exit {proc.returncode}", "log_tail": tail}
-
-
 def table(results: dict[str, dict[str, Any]], baseline: str) -> str:
-    base = results.get(baseline, {})
-    rows = [f"{'arm':<26}{'tokens/s':>12}{'s/step':>10}{'peak GB':>10}{'speed vs HF':>13}"]
-    for arm, r in results.items():
-        if "tokens_per_second" not in r:
-            rows.append(f"{arm:<26}  {r.get('skipped') or r.get('error')}")
-            continue
-        ratio = (
-            r["tokens_per_second"] / base["tokens_per_second"]
-            if "tokens_per_second" in base
-            else float("nan")
-        )
-        rows.append(
-            f"{arm:<26}{r['tokens_per_second']:>12.0f}{r['seconds_per_step']:>10.3f}"
-            f"{r['peak_memory_gb']:>10.2f}{ratio:>12.2f}x"
-        )
-    return "\n".join(rows)
+    columns = [
+        Column("tokens/s", 12, lambda r: r["tokens_per_second"], ".0f"),
+        Column("s/step", 10, lambda r: r["seconds_per_step"], ".3f"),
+        Column("peak GB", 10, lambda r: r["peak_memory_gb"], ".2f"),
+        Column("speed vs HF", 13, ratio_to(results, baseline, "tokens_per_second"), ".2f", "x"),
+    ]
+    return results_table(results, columns, "tokens_per_second", arm_width=26)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--tiny", action="store_true", help="tiny model on the CPU: proves the bench runs"
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--warmup", type=int)
+    p = bench_parser(__doc__, tiny_help="tiny model on the CPU: proves the bench runs")
     p.add_argument("--batch", type=int)
     p.add_argument("--seq", type=int)
     p.add_argument("--grad-checkpoint", action="store_true")
-    p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--with-compile", action="store_true", help="also run the torch.compile arm")
-    p.add_argument("--arms", help="comma-separated arms to run (default: all that apply)")
-    p.add_argument(
-        "--repeat", type=int, default=1, help="rounds over all arms; each arm reports its median"
-    )
+    add_round_args(p)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--keep", type=Path, help="build the model and data here (and keep them)")
-    p.add_argument("--arm", help=argparse.SUPPRESS)
-    p.add_argument("--settings", help=argparse.SUPPRESS)
-    p.add_argument("--model", help=argparse.SUPPRESS)
-    p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.arm:
-        child(args)
+    args = parse_or_run_arm(p, child)
+    if args is None:
         return
 
-    import torch
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    device = resolve_device(args.device, args.tiny)
     big = not args.tiny
     s = Settings(
         device=device,
@@ -480,11 +365,7 @@ def main() -> None:
         seq=args.seq or (1024 if big else 128),
         grad_checkpoint=args.grad_checkpoint,
     )
-    ablations = args.ablations if args.ablations is not None else device == "cuda"
-    arms = ["hf-peft-trainer", "ours", "unsloth", *(ABLATIONS if ablations else [])]
-    arms += list(COMPILE) if args.with_compile else []
-    if args.arms:
-        arms = args.arms.split(",")
+    arms = arms_to_run(args, device, ["hf-peft-trainer", "ours", "unsloth"], list(ABLATIONS))
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="llm-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -493,17 +374,10 @@ def main() -> None:
     examples = max(4 * s.steps * s.batch, 256)
     data = build_data(work / "train.jsonl", examples, max_words=s.seq // 2)
 
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    for round_ in range(args.repeat):
-        for arm in arms:  # interleaved, so a slow spell of a shared GPU hits every arm alike
-            print(f"running {arm} ({round_ + 1}/{args.repeat}) ...", flush=True)
-            result = run_arm(arm, s, model, data, work, args.tiny)
-            runs[arm].append(result)
-            if "skipped" in result:
-                print(f"  note: {arm} skipped: {result['skipped']}")
-            elif "error" in result:
-                print(f"  {arm} failed:\n{result['log_tail']}")
-    results = {arm: median_run(found) for arm, found in runs.items()}
+    runs = run_rounds(
+        arms, args.repeat, lambda arm: spawn_arm(__file__, arm, s, model, data, work, args.tiny)
+    )
+    results = {arm: median_run(found, "tokens_per_second") for arm, found in runs.items()}
     print()
     print(table(results, "hf-peft-trainer"))
     hf, ours = results.get("hf-peft-trainer", {}), results.get("ours", {})
@@ -518,18 +392,8 @@ def main() -> None:
             f"\nours vs HF PEFT Trainer: {summary['speedup_tokens_per_second']:.2f}x tokens/s, "
             f"{summary['memory_ratio']:.2f}x peak memory"
         )
-    report = {
-        "settings": asdict(s),
-        "model": "tiny" if args.tiny else "llama-1.1B (TinyLlama shape, random bf16 weights)",
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else device,
-        "torch": torch.__version__,
-        "results": results,
-        "summary": summary,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    name = "tiny" if args.tiny else "llama-1.1B (TinyLlama shape, random bf16 weights)"
+    write_report(args.out, s, name, device, results, summary)
 
 
 if __name__ == "__main__":

@@ -33,25 +33,24 @@ from daemon.trainers import kohya
 from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
 from daemon.trainers.torch_common import (
     GB,
-    MAX_GRAD_NORM,
     DeviceSetup,
     MemoryMeter,
     MPSFallbackLog,
     Pace,
     atomic_replace_dir,
     empty_cache,
-    load_latest_checkpoint,
     lora_alpha,
-    lr_lambda,
     make_optimizer,
+    make_scheduler,
+    optimizer_step,
     out_of_memory_guard,
-    rng_state,
+    restore_training_state,
+    resumable_checkpoint,
     save_checkpoint,
     seed_everything,
-    set_aside_checkpoints,
-    set_rng_state,
     setup_device,
     total_steps,
+    training_state,
 )
 
 log = logging.getLogger("lorainbox.diffusion")
@@ -620,9 +619,7 @@ class _Run:
         self.optimizer = make_optimizer(
             self.trainable, self.t.learning_rate, setup.device, fused=self.opts.fused_adamw
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.t.lr_schedule, self.t.warmup, self.total)
-        )
+        self.scheduler = make_scheduler(self.optimizer, self.t, self.total)
         self._resume()
         if self.opts.cache_latents:
             self._cache_inputs()
@@ -810,10 +807,7 @@ class _Run:
                 loss = loss * (len(part) / len(idx))
                 loss.backward()
                 loss_acc += loss.detach()
-            torch.nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM, foreach=True)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(self.trainable, self.optimizer, self.scheduler)
             self.step += 1
             self.trained_images += len(idx)
             count += 1
@@ -860,11 +854,7 @@ class _Run:
         return tensors
 
     def save_checkpoint(self) -> None:
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
-        }
+        state = training_state(self.optimizer, self.scheduler)
         meta = {
             "signature": self.signature,
             "trained_images": self.trained_images,
@@ -878,11 +868,8 @@ class _Run:
     def _resume(self) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        ckpt = load_latest_checkpoint(self.ctx.checkpoint_dir, map_location=self.setup.device)
+        ckpt = resumable_checkpoint(self.ctx.checkpoint_dir, self.setup.device, self.signature)
         if ckpt is None:
-            return
-        if ckpt.meta.get("signature") != self.signature:
-            set_aside_checkpoints(self.ctx.checkpoint_dir, "the recipe's LoRA settings changed")
             return
         groups: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in ckpt.tensors.items():
@@ -892,9 +879,7 @@ class _Run:
         for n, encoder in enumerate(self.parts.text_encoders):
             if f"te{n}" in groups:
                 set_peft_model_state_dict(encoder, groups[f"te{n}"])
-        self.optimizer.load_state_dict(ckpt.state["optimizer"])
-        self.scheduler.load_state_dict(ckpt.state["scheduler"])
-        set_rng_state(ckpt.state["rng"])
+        restore_training_state(ckpt.state, self.optimizer, self.scheduler)
         self.step = ckpt.step
         self.trained_images = int(ckpt.meta.get("trained_images", 0))
         self.epoch = int(ckpt.meta["data"]["epoch"])

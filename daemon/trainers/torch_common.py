@@ -266,6 +266,28 @@ def make_optimizer(
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainSpec, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The recipe's warm-up and schedule over ``total`` steps, stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(train.lr_schedule, train.warmup, total)
+    )
+
+
+def optimizer_step(
+    params: Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """One update of both trainers: clip the gradients, step the optimizer and the schedule,
+    and free the gradients (``set_to_none``: no zero-fill kernel, memory back until backward)."""
+    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
     """``iters``, or ``epochs`` worth of batches, or mlx-lm's default of 1000 iterations."""
     if train.iters is not None:
@@ -394,6 +416,43 @@ def set_aside_checkpoints(root: Path, reason: str) -> None:
     target = root.with_name(f"{root.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(root, target)
     log.warning("checkpoints set aside in %s: %s", target, reason)
+
+
+def training_state(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> dict[str, Any]:
+    """A checkpoint's ``state`` besides the adapter: optimizer, schedule and every RNG, so that
+    a resumed run continues exactly where the saved one was."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """Load what :func:`training_state` saved back into the run's optimizer and schedule."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+
+
+def resumable_checkpoint(
+    root: Path, device: torch.device, signature: dict[str, Any]
+) -> Checkpoint | None:
+    """The newest checkpoint, if it was saved with this LoRA setup (``signature``); checkpoints
+    of another setup cannot be resumed and are set aside."""
+    ckpt = load_latest_checkpoint(root, map_location=device)
+    if ckpt is None:
+        return None
+    if ckpt.meta.get("signature") != signature:
+        set_aside_checkpoints(root, "the recipe's LoRA settings changed since they were saved")
+        return None
+    return ckpt
 
 
 # --- progress -----------------------------------------------------------------------------

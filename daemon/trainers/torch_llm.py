@@ -31,25 +31,24 @@ from daemon.recipe import LoraSpec, Recipe
 from daemon.trainers import samples
 from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
 from daemon.trainers.torch_common import (
-    MAX_GRAD_NORM,
     DeviceSetup,
     MemoryMeter,
     MPSFallbackLog,
     Pace,
     atomic_replace_dir,
     empty_cache,
-    load_latest_checkpoint,
     lora_alpha,
-    lr_lambda,
     make_optimizer,
+    make_scheduler,
+    optimizer_step,
     out_of_memory_guard,
-    rng_state,
+    restore_training_state,
+    resumable_checkpoint,
     save_checkpoint,
     seed_everything,
-    set_aside_checkpoints,
-    set_rng_state,
     setup_device,
     total_steps,
+    training_state,
 )
 
 log = logging.getLogger("lorainbox.torch_llm")
@@ -631,9 +630,7 @@ class _Run:
         self.optimizer = make_optimizer(
             self.params, self.t.learning_rate, setup.device, fused=self.opts.fused_adamw
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.t.lr_schedule, self.t.warmup, self.total)
-        )
+        self.scheduler = make_scheduler(self.optimizer, self.t, self.total)
         self.signature = {
             **lora_signature(ctx.recipe, model.peft_config["default"]),
             "data": _fingerprint(ctx.in_job(ctx.train_file)),
@@ -653,18 +650,11 @@ class _Run:
     def _resume(self) -> None:
         from peft import set_peft_model_state_dict
 
-        ckpt = load_latest_checkpoint(self.ctx.checkpoint_dir, map_location=self.setup.device)
+        ckpt = resumable_checkpoint(self.ctx.checkpoint_dir, self.setup.device, self.signature)
         if ckpt is None:
             return
-        if ckpt.meta.get("signature") != self.signature:
-            set_aside_checkpoints(
-                self.ctx.checkpoint_dir, "the recipe's LoRA settings changed since they were saved"
-            )
-            return
         set_peft_model_state_dict(self.model, ckpt.tensors)
-        self.optimizer.load_state_dict(ckpt.state["optimizer"])
-        self.scheduler.load_state_dict(ckpt.state["scheduler"])
-        set_rng_state(ckpt.state["rng"])
+        restore_training_state(ckpt.state, self.optimizer, self.scheduler)
         self.step = ckpt.step
         self.trained_tokens = int(ckpt.meta.get("trained_tokens", 0))
         data = ckpt.meta["data"]
@@ -674,11 +664,7 @@ class _Run:
         self.ctx.emitter.emit("resumed", step=self.step, total=self.total)
 
     def save_checkpoint(self) -> None:
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
-        }
+        state = training_state(self.optimizer, self.scheduler)
         meta = {
             "signature": self.signature,
             "trained_tokens": self.trained_tokens,
@@ -744,10 +730,7 @@ class _Run:
                     summed = loss_sum(model, batch, self.sparse)
                 (summed / n_targets).backward()
                 loss_acc += summed.detach()
-            torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM, foreach=True)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(self.params, self.optimizer, self.scheduler)
             self.step += 1
             tokens = sum(b.tokens for b in micro)
             self.trained_tokens += tokens
