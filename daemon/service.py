@@ -347,7 +347,10 @@ class Daemon:
         area = self.layout.failed
         if folder.parent != area:
             folder = self.layout.move(folder, area)
-        (folder / ERROR_FILE).write_text(error.markdown("This job failed"))
+        try:
+            (folder / ERROR_FILE).write_text(error.markdown("This job failed"))
+        except OSError as e:  # a full disk: the error still reaches status and the menu
+            log.warning("could not write %s: %s", folder / ERROR_FILE, e)
         job = self.store.transition(
             job.id, State.FAILED, detail=str(error), error=str(error), path=str(folder)
         )

@@ -29,7 +29,7 @@ from daemon.jobs import Job, JobStore, State
 from daemon.recipe import Recipe
 from daemon.trainers.base import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
 from daemon.trainers.memory import memory_budget_gb
-from daemon.worker import WORK_DIR, JobSpec
+from daemon.worker import WORK_DIR, JobSpec, disk_full_while, is_disk_full
 
 log = logging.getLogger("lorainbox.supervisor")
 
@@ -107,21 +107,12 @@ class Supervisor:
             footprint=old.footprint if old else None,
             oom_retries=job.oom_retries,
         )
-        spec.save(job.folder)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTORCH_ENABLE_MPS_FALLBACK": "1"}
-        log_file = open(job.folder / TRAIN_LOG, "a")  # noqa: SIM115 - lives as long as the worker
-        log_file.write(f"\n--- worker started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
-        log_file.flush()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.worker", str(job.folder)],
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        log_file.close()
+        try:
+            proc = self._spawn(job, spec)
+        except OSError as e:  # a full disk or a folder gone read-only: say so once, not per tick
+            log.error("could not start the worker of job %d %s: %s", job.id, job.name, e)
+            self.on_exit(Outcome(job.id, EXIT_DROP_ERROR, None, cannot_start(job, e).to_json()))
+            return
         job = self.store.transition(
             job.id,
             State.TRAINING,
@@ -160,6 +151,22 @@ class Supervisor:
                 return False
             time.sleep(0.1)
         return True
+
+    def _spawn(self, job: Job, spec: JobSpec) -> subprocess.Popen[str]:
+        spec.save(job.folder)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTORCH_ENABLE_MPS_FALLBACK": "1"}
+        with open(job.folder / TRAIN_LOG, "a") as log_file:
+            log_file.write(f"\n--- worker started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+            log_file.flush()
+            return subprocess.Popen(
+                [sys.executable, "-m", "daemon.worker", str(job.folder)],
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
 
     def _read(self, run: _Run) -> None:
         assert run.proc.stdout is not None
@@ -239,6 +246,16 @@ def _old_spec(job_dir: Path) -> JobSpec | None:
         return JobSpec.load(job_dir)
     except (OSError, ValueError):
         return None
+
+
+def cannot_start(job: Job, error: OSError) -> DropError:
+    if is_disk_full(error):
+        return disk_full_while(job.folder, error)
+    return DropError.one(
+        f"the job's worker could not be started: {error}",
+        str(job.folder),
+        f"make the folder writable again, then `lorainbox retry {job.name}`",
+    )
 
 
 def problems_error(problems: list[dict[str, str]] | None, fallback: str) -> DropError:

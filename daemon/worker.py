@@ -222,6 +222,15 @@ def is_disk_full(e: BaseException) -> bool:
     return "No space left on device" in str(e) or "ENOSPC" in str(e)
 
 
+def disk_full_while(where: Path, error: BaseException) -> DropError:
+    """A full disk met outside the export's own check (a checkpoint, a log, the job's spec)."""
+    return DropError.one(
+        f"the disk is full ({error})",
+        str(where),
+        f"free some disk space, then `lorainbox retry {where.name}`",
+    )
+
+
 def disk_full(where: Path, need: int, free: int) -> DropError:
     return DropError.one(
         f"the disk is full: exporting the model needs about {need / 1e9:.2f} GB, "
@@ -262,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         if is_out_of_memory(e):  # MLX says so with a plain RuntimeError, outside the step too
             emitter.emit("oom", message=str(e))
             return EXIT_OUT_OF_MEMORY
+        if is_disk_full(e):  # retrying cannot help; the person frees space and retries
+            emitter.emit("error", problems=disk_full_while(job_dir, e).to_json())
+            return EXIT_DROP_ERROR
         emitter.emit("crash", message=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
         raise
 

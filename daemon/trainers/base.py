@@ -66,8 +66,11 @@ class Emitter:
                 # daemon finds this worker, stops it at a step boundary and resumes the job.
                 self.orphaned = True
         if self.metrics_file is not None and type_ in ("progress", "eval"):
-            with open(self.metrics_file, "a") as f:
-                f.write(line + "\n")
+            try:
+                with open(self.metrics_file, "a") as f:
+                    f.write(line + "\n")
+            except OSError:  # a full disk: the line went to the daemon, the copy is lost
+                self.metrics_file = None
 
     def progress(self, **fields: Any) -> None:
         self.emit("progress", **fields)
