@@ -122,6 +122,15 @@ def test_ollama_away_then_back_completes_registration(tmp_path: Path, store: Job
     assert "patient:latest" in names and len(names) == 2
 
 
+def fill_disk(mount: Path, keep_free: int) -> None:
+    """Take all but ``keep_free`` bytes; the worker writes meanwhile, so retry with more room."""
+    for margin in (keep_free, 4 * keep_free, 16 * keep_free):
+        size = psutil.disk_usage(str(mount)).free - margin
+        if subprocess.run(["fallocate", "-l", str(size), str(mount / "ballast")]).returncode == 0:
+            return
+    pytest.fail(f"could not fill the {mount} tmpfs")
+
+
 @pytest.mark.timeout(600)
 def test_full_disk_during_export_fails_cleanly(tmp_path: Path, store: JobStore) -> None:
     mount = tmp_path / "small-disk"
@@ -143,16 +152,7 @@ def test_full_disk_during_export_fails_cleanly(tmp_path: Path, store: JobStore) 
                 ),
                 daemon=daemon,
             )
-            ballast = mount / "ballast"
-            subprocess.run(
-                [
-                    "fallocate",
-                    "-l",
-                    str(psutil.disk_usage(str(mount)).free - 64 * 1024),
-                    str(ballast),
-                ],
-                check=True,
-            )
+            fill_disk(mount, keep_free=64 * 1024)
             failed = wait_for(
                 "the job to end",
                 lambda: (j := store.find("squeezed")) and j.state.finished and j,
@@ -170,7 +170,7 @@ def test_full_disk_during_export_fails_cleanly(tmp_path: Path, store: JobStore) 
             assert (folder / name).read_bytes() == content
         assert not (folder / "model.gguf").exists()
         assert not list(folder.glob(".*.partial"))
-        ballast.unlink()
+        (mount / "ballast").unlink()
         assert (
             "disk" in (folder / "ERROR.md").read_text().lower()
             or not (folder / "ERROR.md").exists()
