@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -113,6 +114,17 @@ def watch_rss(proc: subprocess.Popen[str], result: Result) -> threading.Thread:
     return t
 
 
+def run_child(cmd: list[str], result: Result, *, cwd: Path, stderr: Any) -> tuple[str, int]:
+    """One arm as a child process, its RSS polled into ``result``: (stdout, exit code)."""
+    tic = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=cwd)
+    watcher = watch_rss(proc, result)
+    out, _ = proc.communicate()
+    watcher.join()
+    result.seconds = time.perf_counter() - tic
+    return out, proc.returncode
+
+
 def run_mlx_lm(model: Path, data: Path, work: Path, a: argparse.Namespace) -> Result:
     config = work / "mlx_lm.yaml"
     config.write_text(f"lora_parameters:\n  rank: {a.rank}\n  scale: 20.0\n  dropout: 0.0\n")
@@ -124,19 +136,10 @@ def run_mlx_lm(model: Path, data: Path, work: Path, a: argparse.Namespace) -> Re
         "--adapter-path", str(work / "mlx_lm_adapters"), "-c", str(config),
     ]  # fmt: skip
     result = Result("mlx_lm lora")
-    tic = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", MLX_LM_CHILD, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=work,
+    out, code = run_child(
+        [sys.executable, "-c", MLX_LM_CHILD, *args], result, cwd=work, stderr=subprocess.STDOUT
     )
-    watcher = watch_rss(proc, result)
-    out, _ = proc.communicate()
-    watcher.join()
-    result.seconds = time.perf_counter() - tic
-    if proc.returncode != 0:
+    if code != 0:
         raise SystemExit(f"mlx_lm lora failed:\n{out[-3000:]}")
     previous = 0.0
     for line in _ANSI.sub("", out).splitlines():
@@ -171,22 +174,12 @@ def run_ours(model: Path, data: Path, work: Path, a: argparse.Namespace) -> Resu
     )
     JobSpec(job_id=1, recipe=recipe, train_file=data / "train.jsonl", memory_budget_gb=16).save(job)
     result = Result("lorainbox (ours)")
-    tic = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.worker", str(job)],
-        stdout=subprocess.PIPE,
-        stderr=open(work / "worker.log", "w"),  # noqa: SIM115
-        text=True,
-        cwd=REPO,
-    )
-    watcher = watch_rss(proc, result)
-    out, _ = proc.communicate()
-    watcher.join()
-    result.seconds = time.perf_counter() - tic
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"worker failed ({proc.returncode}):\n{(work / 'worker.log').read_text()[-3000:]}"
+    with open(work / "worker.log", "w") as log:
+        out, code = run_child(
+            [sys.executable, "-m", "daemon.worker", str(job)], result, cwd=REPO, stderr=log
         )
+    if code != 0:
+        raise SystemExit(f"worker failed ({code}):\n{(work / 'worker.log').read_text()[-3000:]}")
     previous = 0
     for line in out.splitlines():
         msg = json.loads(line) if line.startswith("{") else {}
