@@ -29,7 +29,8 @@ RESULT = "RESULT "
 HIDDEN = ("--arm", "--settings", "--model", "--data", "--work")
 
 COMPILE = {"ours+compile": {"compile": True}}
-"""Opt-in (--with-compile): compiling costs minutes up front, so it only pays on long runs."""
+"""Compiling costs a minute or more up front: it pays on long runs, and where the step waits on
+Python's dispatch (the LLM bench on CUDA runs it by default; the SD bench on --with-compile)."""
 
 Result = dict[str, Any]
 
@@ -52,7 +53,12 @@ def bench_parser(doc: str | None, tiny_help: str) -> argparse.ArgumentParser:
 def add_round_args(p: argparse.ArgumentParser) -> None:
     """Which arms run, and how often: ablations, the compile arm, a chosen few, rounds."""
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--with-compile", action="store_true", help="also run the torch.compile arm")
+    p.add_argument(
+        "--with-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the torch.compile arm (default: where the bench says it pays)",
+    )
     p.add_argument("--arms", help="comma-separated arms to run (default: all that apply)")
     p.add_argument(
         "--repeat", type=int, default=1, help="rounds over all arms; each arm reports its median"
@@ -69,14 +75,22 @@ def resolve_device(requested: str, tiny: bool) -> str:
 
 
 def arms_to_run(
-    args: argparse.Namespace, device: str, main: Sequence[str], ablations: Sequence[str]
+    args: argparse.Namespace,
+    device: str,
+    main: Sequence[str],
+    ablations: Sequence[str],
+    *,
+    compile_on_cuda: bool = False,
 ) -> list[str]:
     """--arms as given; else the main arms, the ablations (by default on CUDA only, where the
-    switches matter) and, with --with-compile, the compile arm."""
+    switches matter) and the compile arm (--with-compile, or on CUDA if ``compile_on_cuda``)."""
     if args.arms:
         return args.arms.split(",")
     with_ablations = args.ablations if args.ablations is not None else device == "cuda"
-    return [*main, *(ablations if with_ablations else []), *(COMPILE if args.with_compile else [])]
+    with_compile = args.with_compile
+    if with_compile is None:
+        with_compile = compile_on_cuda and device == "cuda"
+    return [*main, *(ablations if with_ablations else []), *(COMPILE if with_compile else [])]
 
 
 # --- the child --------------------------------------------------------------------------------

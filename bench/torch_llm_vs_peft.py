@@ -12,7 +12,8 @@ the process's peak RSS on the CPU), after warm-up steps that are not timed.
     python bench/torch_llm_vs_peft.py --arms hf-peft-trainer,ours --repeat 3 --steps 80
 
 The ablation arms turn one of our speed switches off, so the table shows what each one buys:
-``--ablations`` runs them (default on CUDA); ``--with-compile`` adds a ``torch.compile`` arm.
+``--ablations`` runs them (default on CUDA). The ``ours+compile`` arm (the trainer's compile
+switch) runs by default on CUDA, ``--with-compile``/``--no-with-compile`` to choose.
 """
 
 from __future__ import annotations
@@ -365,7 +366,9 @@ def main() -> None:
         seq=args.seq or (1024 if big else 128),
         grad_checkpoint=args.grad_checkpoint,
     )
-    arms = arms_to_run(args, device, ["hf-peft-trainer", "ours", "unsloth"], list(ABLATIONS))
+    arms = arms_to_run(
+        args, device, ["hf-peft-trainer", "ours", "unsloth"], list(ABLATIONS), compile_on_cuda=True
+    )
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="llm-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from daemon.trainers.torch_common import (
 from daemon.trainers.torch_llm import (
     IGNORE,
     Example,
+    SpeedOptions,
     TorchLLMTrainer,
     collate,
     lora_config,
@@ -343,6 +344,47 @@ def test_leaving_out_the_padding_mask_keeps_the_loss(tiny_hf: Path) -> None:
         for sparse in (True, False):
             a, b = loss_sum(model, masked, sparse), loss_sum(model, unmasked, sparse)
             assert torch.allclose(a, b, rtol=1e-4), (sparse, a, b)
+
+
+def test_compiled_layers_train_as_eager_ones_with_two_graphs_for_every_shape(
+    tiny_hf: Path, tmp_path: Path
+) -> None:
+    """The compile switch (for long CUDA runs), on the CPU's inductor: the same losses as eager,
+    one graph for the first layer and one for all the others whatever the batch widths (the
+    first batch is as wide as the model, 128, which must not pin the width), and the
+    evaluation and sample replies (eager by design) compile nothing more."""
+    long_text = {"text": "The ship sails at dawn. " * 40}  # cut to max_seq_length = 128
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": QUESTION + " Tell me." * k},
+                {"role": "assistant", "content": "Marigold" + " Fenwick" * k},
+            ]
+        }
+        for k in range(1, 5)
+    ]
+    rows = [long_text] * 4 + chats
+    runs = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        ctx, out = make_ctx(
+            tmp_path / f"compiled-{compiled}",
+            tiny_hf,
+            rows=rows,
+            train={"iters": 8, "steps_per_report": 4, "steps_per_eval": 4, "seed": 4},
+        )
+        TorchLLMTrainer(SpeedOptions(compile=compiled)).train(ctx)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        losses = [(p.get("train_loss"), p.get("valid_loss")) for p in lines(out)]
+        runs[compiled] = losses, graphs, sorted(adapter_tensors(ctx.adapter_dir))
+    (eager_losses, eager_graphs, eager_keys), (losses, graphs, keys) = runs[False], runs[True]
+    assert eager_graphs == 0 and graphs == 2
+    assert keys == eager_keys
+    assert len(losses) == len(eager_losses) == 3
+    for got, want in zip(losses, eager_losses, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-3 * b), (got, want)
 
 
 def test_length_grouped_batches_waste_less_padding() -> None:
