@@ -16,6 +16,7 @@ from rich.table import Table
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
+from daemon.humanize import duration
 from daemon.jobs import Job, JobStore, State
 from daemon.logs import setup_logging
 
@@ -165,17 +166,8 @@ def progress_text(j: Job) -> str:
     if p.get("tokens_per_second"):
         parts.append(f"{p['tokens_per_second']:.0f} tok/s")
     if p.get("eta_seconds") and j.state == State.TRAINING:
-        parts.append(f"ETA {_duration(p['eta_seconds'])}")
+        parts.append(f"ETA {duration(p['eta_seconds'])}")
     return "  ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _short(p: Path) -> str:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.humanize import duration
+
 Job = dict[str, Any]
 
 RUNNING = ("training", "exporting", "registering")
@@ -139,15 +141,6 @@ def job_line(job: Job) -> str:
         if p.get("eta_seconds") and state == "training":
             parts.append(f"ETA {duration(p['eta_seconds'])}")
     return shorten(" · ".join(parts))
-
-
-def duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def shorten(text: str, limit: int = MAX_LABEL) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -13,26 +14,42 @@ from rich.progress import (
     SpinnerColumn,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from daemon.events import JobChanged, JobProgress
 from daemon.hub import Hub
+from daemon.humanize import duration
+
+BAR_WIDTH = 16
+WIDE = 100
+"""Terminals narrower than this get the loss and the ETA only, so that a line never wraps."""
+
+
+def detail(p: dict[str, Any], wide: bool) -> str:
+    """What follows the bar: loss (and validation loss), speed, time left."""
+    parts = []
+    if p.get("train_loss") is not None:
+        parts.append(f"loss {p['train_loss']:.3f}")
+    if wide and p.get("valid_loss") is not None:
+        parts.append(f"val {p['valid_loss']:.3f}")
+    if wide and p.get("tokens_per_second"):
+        parts.append(f"{p['tokens_per_second']:.0f} tok/s")
+    if p.get("eta_seconds") and p.get("step") != p.get("total"):
+        parts.append(f"ETA {duration(p['eta_seconds'])}")
+    return " ".join(parts)
 
 
 class ProgressView:
-    """One bar per job: its state, step of total, loss and speed, as the worker reports them."""
+    """One bar per job: its state, step of total, loss, speed and time left, as the worker
+    reports them (its ETA follows the measured speed; rich's would follow the report cadence)."""
 
     def __init__(self, hub: Hub, console: Console):
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.fields[name]}[/bold] {task.fields[state]}"),
-            BarColumn(),
+            BarColumn(bar_width=BAR_WIDTH),
             MofNCompleteColumn(),
             TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
             console=console,
             transient=False,
         )
@@ -61,15 +78,9 @@ class ProgressView:
     def _on_progress(self, e: JobProgress) -> None:
         p = e.progress
         task = self._task(e.job_id)
-        detail = []
-        if p.get("train_loss") is not None:
-            detail.append(f"loss {p['train_loss']:.3f}")
-        if p.get("valid_loss") is not None:
-            detail.append(f"valid {p['valid_loss']:.3f}")
-        if p.get("tokens_per_second"):
-            detail.append(f"{p['tokens_per_second']:.0f} tok/s")
+        wide = self.progress.console.width >= WIDE
         self.progress.update(
-            task, completed=p.get("step", 0), total=p.get("total"), detail="  ".join(detail)
+            task, completed=p.get("step", 0), total=p.get("total"), detail=detail(p, wide)
         )
 
     def __enter__(self) -> ProgressView:

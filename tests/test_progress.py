@@ -1,0 +1,49 @@
+"""The terminal's progress bars (``lorainbox train``, ``lorainbox demo``) fed through the hub."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from daemon.events import JobChanged, JobProgress
+from daemon.hub import Hub
+from daemon.progress import ProgressView
+
+TRAINING = {
+    "step": 120,
+    "total": 1200,
+    "train_loss": 0.412,
+    "valid_loss": 0.455,
+    "tokens_per_second": 621.3,
+    "eta_seconds": 3725,
+}
+
+
+def render(width: int, jobs: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=True, color_system=None)
+    hub = Hub()
+    view = ProgressView(hub, console)
+    for job_id, (name, state, progress) in enumerate(jobs, 1):
+        hub.publish(JobChanged(job_id, name, "training", "queued"))
+        hub.publish(JobProgress(job_id, progress))
+        if state != "training":
+            hub.publish(JobChanged(job_id, name, state, "training"))
+    console.print(view.progress.make_tasks_table(view.progress.tasks))
+    return [line.rstrip() for line in out.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_every_bar_fits_the_terminal_with_its_step_loss_and_time_left(width: int) -> None:
+    done = {**TRAINING, "step": 1200, "eta_seconds": 0}
+    lines = render(width, [("pirate-bot", "training", TRAINING), ("a-longer-name", "done", done)])
+    assert len(lines) == 2 and all(len(line) <= width for line in lines)
+    training, finished = lines
+    assert "…" not in training and "120/1200" in training
+    assert "loss 0.412" in training and "ETA 1h02m" in training
+    assert "1200/1200" in finished and "ETA" not in finished and "done" in finished
+    wide = width >= 100
+    assert ("621 tok/s" in training) is wide and ("val 0.455" in training) is wide
