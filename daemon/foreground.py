@@ -18,8 +18,9 @@ from daemon.events import JobChanged
 from daemon.hub import Hub
 from daemon.inbox import InboxLayout
 from daemon.intake import Intake
-from daemon.jobs import JobStore, State
+from daemon.jobs import Job, JobStore, State
 from daemon.progress import ProgressView
+from daemon.recipe import Recipe
 from daemon.registrar import Registrar
 from daemon.results import write_results
 from daemon.supervisor import (
@@ -67,35 +68,15 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
             console.print("Pausing at the next step (a checkpoint is saved)…")
             supervisor.stop("hold")
             ended.wait()
-    o = outcome[0]
-    if o.code == EXIT_PAUSED:
-        store.transition(
-            job.id, State.PAUSED, detail="paused by you", checkpoint_step=o.paused_step
-        )
+        o = outcome[0]
+        job = _finish(store.get(job.id), o, recipe, store, settings)
+        hub.publish(JobChanged(job.id, job.name, job.state.value, None))
+    if job.state == State.PAUSED:
         console.print(f"Paused at step {o.paused_step}. Run the same command again to resume.")
         return 0
-    if o.code != EXIT_OK:
-        error = problems_error(o.problems, o.message or f"the worker exited with code {o.code}")
-        store.transition(job.id, State.FAILED, detail=str(error), error=str(error))
-        console.print(error.markdown("Training failed"))
+    if job.state == State.FAILED and o.code != EXIT_OK:
+        console.print(_worker_error(o).markdown("Training failed"))
         return 1
-    job = store.get(job.id)
-    write_results(job, recipe, store)
-    if recipe.kind == "llm" and recipe.export.gguf and recipe.ollama.enabled:
-        store.transition(job.id, State.REGISTERING)
-        registrar = Registrar(
-            store,
-            settings.ollama_host,
-            str(drop.parent),
-            0,
-            wait_for_ollama=False,
-            on_refused=lambda j, msg: store.transition(j.id, State.FAILED, detail=msg, error=msg),
-        )
-        registrar.attempt(store.get(job.id))
-    else:
-        store.transition(job.id, State.DONE)
-    job = store.get(job.id)
-    write_results(job, load_recipe_of(job), store, final=True)
     if job.state == State.FAILED:
         console.print(f"[red]Ollama refused the model:[/red] {job.error}")
         return 1
@@ -108,3 +89,37 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
             f"`lorainbox register {drop / 'model.gguf'} --name {job.model}`"
         )
     return 0
+
+
+def _worker_error(o: Outcome) -> DropError:
+    return problems_error(o.problems, o.message or f"the worker exited with code {o.code}")
+
+
+def _finish(job: Job, o: Outcome, recipe: Recipe, store: JobStore, settings: Settings) -> Job:
+    """Record how the worker ended; after training, write the results and register the model."""
+    if o.code == EXIT_PAUSED:
+        store.transition(
+            job.id, State.PAUSED, detail="paused by you", checkpoint_step=o.paused_step
+        )
+        return store.get(job.id)
+    if o.code != EXIT_OK:
+        error = str(_worker_error(o))
+        store.transition(job.id, State.FAILED, detail=error, error=error)
+        return store.get(job.id)
+    write_results(job, recipe, store)
+    if recipe.kind == "llm" and recipe.export.gguf and recipe.ollama.enabled:
+        store.transition(job.id, State.REGISTERING)
+        registrar = Registrar(
+            store,
+            settings.ollama_host,
+            job.inbox,
+            0,
+            wait_for_ollama=False,
+            on_refused=lambda j, msg: store.transition(j.id, State.FAILED, detail=msg, error=msg),
+        )
+        registrar.attempt(store.get(job.id))
+    else:
+        store.transition(job.id, State.DONE)
+    job = store.get(job.id)
+    write_results(job, load_recipe_of(job), store, final=True)
+    return store.get(job.id)

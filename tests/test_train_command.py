@@ -1,0 +1,82 @@
+"""``lorainbox train PATH`` as a real process: one drop now, in the terminal, no daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from daemon.jobs import JobStore
+from tests.drops import chat_lines, drop_with, fast_drop
+from tests.fake_ollama import FakeOllama
+
+ENTRY = [sys.executable, "-m", "daemon.cli", "train"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "COLUMNS": "100", **extra}
+
+
+def train(drop: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ENTRY, str(drop)], capture_output=True, text=True, timeout=600, env=env(**extra)
+    )
+
+
+def test_train_runs_a_drop_exports_it_and_registers_it(tmp_path: Path) -> None:
+    drop = fast_drop(tmp_path, "quick", iters=12)
+    with FakeOllama(tmp_path / "ollama") as ollama:
+        done = train(drop, OLLAMA_HOST=ollama.url)
+        names = [m["name"] for m in httpx.get(f"{ollama.url}/api/tags").json()["models"]]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "quick:latest" in names
+    assert f"Done. Results in {drop}" in done.stdout
+    assert "Try it: `ollama run quick`" in done.stdout
+    bars = [line for line in done.stdout.splitlines() if "12/12" in line]
+    assert bars and "quick done" in bars[-1]  # the bar ends as the job does
+    for name in ("model.gguf", "Modelfile", "report.md", "loss.png", "recipe.toml"):
+        assert (drop / name).is_file(), name
+
+
+def test_a_bad_recipe_is_refused_with_where_and_how_and_the_drop_is_kept(tmp_path: Path) -> None:
+    drop = drop_with(
+        tmp_path, "typo", 'extends = "tiny-demo"\n[lora]\nrnak = 4\n', {"train.jsonl": chat_lines()}
+    )
+    before = sorted(p.name for p in drop.iterdir())
+    done = train(drop)
+    assert done.returncode == 2
+    assert "rnak" in done.stdout and "rank" in done.stdout and "recipe.toml" in done.stdout
+    assert sorted(p.name for p in drop.iterdir()) == before
+
+
+def test_ctrl_c_pauses_at_a_checkpoint_and_the_same_command_resumes(tmp_path: Path) -> None:
+    drop = fast_drop(tmp_path, "long", iters=150, save_every=1000)
+    store = JobStore(Path(os.environ["LORAINBOX_STATE_DIR"]) / "jobs.sqlite")
+    proc = subprocess.Popen(
+        [*ENTRY, str(drop)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        jobs = store.list()
+        if jobs and jobs[0].progress.get("step", 0) >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    paused = store.list()[0]
+    assert paused.state == "paused" and paused.checkpoint_step
+    assert f"Paused at step {paused.checkpoint_step}" in out
+    done = train(drop)
+    assert done.returncode == 0, done.stdout
+    job = store.get(paused.id)
+    assert job.state == "done"
+    reports = (drop / ".lorainbox" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in reports]
+    assert steps == sorted(steps) and steps[-1] == 150  # resumed, never started over
