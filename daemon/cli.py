@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -194,11 +195,22 @@ def submit(
     layout = InboxLayout(settings.inbox)
     layout.create()
     # Copy under a hidden name first, so the watcher never sees half a drop.
-    staging = settings.inbox / f".{src.name}.submitting"
-    if move:
-        src.rename(staging)
-    else:
-        shutil.copytree(src, staging, symlinks=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{src.name}.", suffix=".submitting", dir=settings.inbox)
+    )
+    try:
+        if move:
+            staging.rmdir()
+            shutil.move(src, staging)  # a rename, or a copy and delete across disks
+        else:
+            shutil.copytree(src, staging, symlinks=True, dirs_exist_ok=True)
+    except OSError as e:
+        if not move:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise _fail(f"could not copy {src} into the inbox: {e}") from None
+        # Never delete during a failed move: part of the drop may be on either side.
+        kept = f"; what was moved so far is in {staging}" if staging.exists() else ""
+        raise _fail(f"could not move {src} into the inbox: {e}{kept}") from None
     dest = layout.move(staging, settings.inbox, src.name)
     console.print(f"Submitted [bold]{src.name}[/bold] as {dest}")
 

@@ -1,0 +1,56 @@
+"""``lorainbox submit``: a folder copied (or moved) into the inbox, never half-seen, never lost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.drops import fast_drop
+
+ENTRY = [sys.executable, "-m", "daemon.cli", "submit"]
+
+
+def submit(*args: str | Path, inbox: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LORAINBOX_INBOX": str(inbox), "COLUMNS": "200"}
+    return subprocess.run(
+        [*ENTRY, *map(str, args)], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_submit_copies_and_a_second_drop_of_the_same_name_gets_its_own(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    drop = fast_drop(tmp_path, "pirate-bot")
+    first, second = submit(drop, inbox=inbox), submit(drop, inbox=inbox)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert files(inbox / "pirate-bot") == files(drop) == files(inbox / "pirate-bot-2")
+    assert drop.is_dir()  # copied: the original stays
+    assert not [p for p in inbox.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_submit_move_takes_the_folder_across_file_systems(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    try:
+        drop = fast_drop(elsewhere, "moved")
+        before = files(drop)
+        done = submit(drop, "--move", inbox=inbox)
+        assert done.returncode == 0, done.stderr
+        assert files(inbox / "moved") == before and not drop.exists()
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def test_submit_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
+    lone = tmp_path / "train.jsonl"
+    lone.write_text("{}\n")
+    done = submit(lone, inbox=tmp_path / "inbox")
+    assert done.returncode == 1 and lone.is_file()
+    assert "is not a folder" in done.stderr and "recipe.toml" in done.stderr
