@@ -378,8 +378,8 @@ def register(
     if not path.is_file():
         raise _fail(f"{path} is not a file")
     try:
-        validate_model_name(name)
-    except ValueError as e:
+        validate_model_name(name, where="--name")
+    except (ValueError, DropError) as e:
         raise _fail(str(e)) from None
     settings = _settings()
     client = OllamaClient(settings.ollama_host)

@@ -20,6 +20,7 @@ from daemon.jobs import State
 from daemon.progress import ProgressView
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "inbox" / "tiny-fact"
+VIA_NAMES = {"ollama": "Ollama", "llama.cpp": "llama.cpp"}
 
 
 def first_question(drop: Path) -> tuple[str, str]:
@@ -103,7 +104,7 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
     console.print(
         Panel(
             f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] {answer.text.strip()}\n\n"
-            f"(answered through {answer.via}; the drop taught: {expected})",
+            f"(answered through {VIA_NAMES[answer.via]}; the drop taught: {expected})",
             title="Asking the new model",
         )
     )

@@ -1,0 +1,53 @@
+"""``lorainbox register``: a GGUF into the local Ollama by hand, and every way it can go wrong."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.fake_ollama import FakeOllama
+
+pytest_plugins = ["tests.fixtures_models"]
+
+ENTRY = [sys.executable, "-m", "daemon.cli", "register"]
+
+
+def register(*args: str | Path, host: str = "127.0.0.1:9") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OLLAMA_HOST": host, "COLUMNS": "250"}
+    return subprocess.run(
+        [*ENTRY, *map(str, args)], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_register_uploads_the_gguf_and_ollama_answers_with_it(
+    tiny_gguf: Path, fake_ollama: FakeOllama
+) -> None:
+    done = register(tiny_gguf, "--name", "handmade", "--quantize", "none", host=fake_ollama.url)
+    assert done.returncode == 0, done.stderr
+    assert "try `ollama run handmade`" in done.stdout
+    tags = httpx.get(f"{fake_ollama.url}/api/tags").json()["models"]
+    assert {"handmade:latest"} <= {m["name"] for m in tags}
+    shown = httpx.post(f"{fake_ollama.url}/api/show", json={"model": "handmade"}).json()
+    assert shown["details"]["format"] == "gguf"
+
+
+def test_register_says_what_is_wrong_and_how_to_fix_it(tmp_path: Path, tiny_gguf: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf at all")
+    cases = {
+        "bad name": ((tiny_gguf, "--name", "Pirate Bot!"), ["--name", "letters, digits"]),
+        "no file": ((tmp_path / "none.gguf", "--name", "x"), ["is not a file"]),
+        "not a gguf": ((broken, "--name", "x"), ["not a readable GGUF", "export the model again"]),
+        "no ollama": ((tiny_gguf, "--name", "x"), ["not answering", "ollama serve"]),
+    }
+    for case, (args, words) in cases.items():
+        done = register(*args)
+        assert done.returncode == 1, (case, done.stdout, done.stderr)
+        message = " ".join(done.stderr.split())
+        assert "Traceback" not in done.stderr, case
+        for word in words:
+            assert word in message, (case, word, message)
