@@ -17,7 +17,7 @@ from rich.table import Table
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
-from daemon.humanize import duration
+from daemon.humanize import duration, export_stage
 from daemon.jobs import Job, JobStore, State
 from daemon.logs import setup_logging
 
@@ -168,6 +168,8 @@ def progress_text(j: Job) -> str:
         parts.append(f"{p['tokens_per_second']:.0f} tok/s")
     if p.get("eta_seconds") and j.state == State.TRAINING:
         parts.append(f"ETA {duration(p['eta_seconds'])}")
+    if j.state == State.EXPORTING and (stage := export_stage(p)):
+        parts.append(stage)
     return "  ".join(parts)
 
 

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+EXPORT_STAGES = {
+    "fusing": "fusing the adapter",
+    "loading": "loading for GGUF",
+    "converting": "converting to GGUF",
+    "writing": "writing the GGUF",
+    "done": "GGUF written",
+}
+
 
 def duration(seconds: float) -> str:
     """``42s``, ``3m07s``, ``2h05m``: compact enough for a progress line."""
@@ -11,3 +21,14 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def export_stage(progress: dict[str, Any]) -> str | None:
+    """Where the export is, ``writing the GGUF 45%``, once the worker has started it."""
+    export = progress.get("export") or {}
+    stage = export.get("stage")
+    if stage is None:
+        return None
+    text = EXPORT_STAGES.get(stage, stage)
+    fraction = export.get("fraction")
+    return text if fraction is None or stage == "done" else f"{text} {fraction:.0%}"

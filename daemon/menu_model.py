@@ -134,7 +134,9 @@ def job_line(job: Job) -> str:
         parts = [f"{job['name']} — {reason if reason.startswith(state) else f'{state}: {reason}'}"]
     elif state == "failed" and job.get("error"):
         parts = [f"{job['name']} — failed: {job['error'].splitlines()[0]}"]
-    if p.get("total") and state not in FINISHED:
+    if state == "exporting" and job.get("export_stage"):
+        parts.append(job["export_stage"])
+    elif p.get("total") and state not in FINISHED:
         parts.append(f"{p.get('step') or 0}/{p['total']} ({percent(job)}%)")
         if p.get("train_loss") is not None:
             parts.append(f"loss {p['train_loss']:.3f}")

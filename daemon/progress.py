@@ -18,7 +18,7 @@ from rich.progress import (
 
 from daemon.events import JobChanged, JobProgress
 from daemon.hub import Hub
-from daemon.humanize import duration
+from daemon.humanize import duration, export_stage
 
 BAR_WIDTH = 16
 WIDE = 100
@@ -26,7 +26,8 @@ WIDE = 100
 
 
 def detail(p: dict[str, Any], wide: bool) -> str:
-    """What follows the bar: loss (and validation loss), speed, time left."""
+    """What follows the bar: loss (and validation loss), speed, then time left or, once
+    training is over, where the export is."""
     parts = []
     if p.get("train_loss") is not None:
         parts.append(f"loss {p['train_loss']:.3f}")
@@ -34,7 +35,9 @@ def detail(p: dict[str, Any], wide: bool) -> str:
         parts.append(f"val {p['valid_loss']:.3f}")
     if wide and p.get("tokens_per_second"):
         parts.append(f"{p['tokens_per_second']:.0f} tok/s")
-    if p.get("eta_seconds") and p.get("step") != p.get("total"):
+    if stage := export_stage(p):
+        parts.append(stage)
+    elif p.get("eta_seconds") and p.get("step") != p.get("total"):
         parts.append(f"ETA {duration(p['eta_seconds'])}")
     return " ".join(parts)
 

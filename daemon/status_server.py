@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from daemon import __version__
 from daemon.config import Settings
+from daemon.humanize import export_stage
 from daemon.jobs import ACTIONS, Job, JobStore, State
 from daemon.results import loss_series, read_metrics
 from daemon.sensors.base import Readings
@@ -126,6 +127,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "waiting_for": job.waiting_for,
         "held": job.held,
         "progress": job.progress,
+        "export_stage": export_stage(job.progress) if job.state == State.EXPORTING else None,
         "error": job.error,
         "model": job.model,
         "result": job.result,

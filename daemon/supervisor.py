@@ -202,6 +202,10 @@ class Supervisor:
                 job_id, progress=run.last, checkpoint_step=run.last.get("checkpoint_step")
             )
             self.hub.publish(JobProgress(job_id, dict(run.last)))
+        elif kind == "export":
+            run.last["export"] = {"stage": msg.get("stage"), "fraction": msg.get("fraction")}
+            self.store.update(job_id, progress=run.last)
+            self.hub.publish(JobProgress(job_id, dict(run.last)))
         elif kind == "checkpoint":
             self.store.update(job_id, checkpoint_step=msg.get("step"))
         elif kind == "stage" and msg.get("stage") == "exporting":

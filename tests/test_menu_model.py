@@ -81,6 +81,8 @@ def test_job_lines_say_what_a_person_needs() -> None:
     assert job_line(HELD) == "held-bot — paused by you"
     assert job_line(FAILED) == "bad-drop — failed: train.jsonl, line 3: not JSON"
     assert job_line(DONE) == "old-bot — done"
+    exporting = {**TRAINING, "state": "exporting", "export_stage": "writing the GGUF 45%"}
+    assert job_line(exporting) == "pirate-bot — exporting · writing the GGUF 45%"
     long = job(9, "x" * 100, "queued")
     assert len(job_line(long)) == 72 and job_line(long).endswith("…")
 

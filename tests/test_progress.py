@@ -47,3 +47,16 @@ def test_every_bar_fits_the_terminal_with_its_step_loss_and_time_left(width: int
     assert "1200/1200" in finished and "ETA" not in finished and "done" in finished
     wide = width >= 100
     assert ("621 tok/s" in training) is wide and ("val 0.455" in training) is wide
+
+
+def test_after_training_the_bar_says_where_the_export_is() -> None:
+    exporting = {**TRAINING, "step": 1200, "export": {"stage": "writing", "fraction": 0.45}}
+    fusing = {**TRAINING, "step": 1200, "export": {"stage": "fusing", "fraction": None}}
+    written = {**TRAINING, "step": 1200, "export": {"stage": "done", "fraction": 1.0}}
+    lines = render(
+        80,
+        [("a", "exporting", exporting), ("b", "exporting", fusing), ("c", "done", written)],
+    )
+    assert lines[0].endswith("writing the GGUF 45%") and "ETA" not in lines[0]
+    assert lines[1].endswith("fusing the adapter")
+    assert lines[2].endswith("GGUF written")

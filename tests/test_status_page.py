@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from daemon.jobs import JobStore
+from daemon.jobs import JobStore, State
 from daemon.status_server import StatusServer
 from tests.test_status_server import READINGS, make_jobs
 
@@ -89,6 +89,16 @@ def test_page_shows_the_queue_progress_and_loss_chart(site: Site, page: Page) ->
     expect(page.locator("#chart circle.valid")).to_have_count(2)
     expect(page.get_by_role("button", name="Cancel")).to_be_enabled()
     expect(page.get_by_role("button", name="Resume")).to_be_disabled()
+
+
+def test_an_exporting_job_says_how_far_its_gguf_is(site: Site, page: Page) -> None:
+    job = site.ids["pirate-bot"]
+    site.store.transition(job, State.EXPORTING)
+    progress = {**site.store.get(job).progress, "export": {"stage": "writing", "fraction": 0.45}}
+    site.store.update(job, progress=progress)
+    page.goto(site.url)
+    row = page.locator("#queue tbody tr", has_text="pirate-bot")
+    expect(row).to_contain_text("exporting: writing the GGUF 45%")
 
 
 def test_selecting_a_job_shows_its_actions(site: Site, page: Page) -> None:

@@ -206,3 +206,19 @@ print(trainer.name, "torch" in sys.modules, len(ids), psutil.Process().memory_in
     name, torch_loaded, n_ids, rss_mb = out[-4:]
     assert (name, torch_loaded) == ("mlx", "False")
     assert int(n_ids) > 3 and int(rss_mb) < 200
+
+
+def test_the_export_reports_each_stage_and_how_far_the_gguf_is_written(
+    tmp_path: Path,
+    tiny_llama: Path,  # noqa: F811
+) -> None:
+    recipe = tiny_fact_recipe(train__iters=2, **{**QUICK, "export__gguf": True})
+    code, lines = run_worker(make_job(tmp_path, recipe))
+    assert code == EXIT_OK
+    stages = [(m["stage"], m["fraction"]) for m in of(lines, "export")]
+    names = [name for name, _ in stages]
+    assert names[:2] == ["fusing", "loading"] and stages[-1] == ("done", 1.0)
+    written = [f for name, f in stages if name == "writing"]
+    assert written and written == sorted(written) and written[-1] == 1.0
+    assert len(stages) == len(set(stages))  # each stage and percent once, not each log line
+    assert lines.index(of(lines, "export")[-1]) < lines.index(of(lines, "exported")[0])

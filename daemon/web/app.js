@@ -74,6 +74,7 @@ function stateText(job) {
     return `${job.state}: ${job.waiting_for}`;
   }
   if (job.state === "failed" && job.error) return `failed: ${job.error.split("\n")[0]}`;
+  if (job.export_stage) return `exporting: ${job.export_stage}`;
   return job.state;
 }
 
