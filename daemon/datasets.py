@@ -16,18 +16,17 @@ import difflib
 import fnmatch
 import itertools
 import json
-import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TextIO, cast
+from typing import Any, BinaryIO, Literal, cast
 
 from PIL import Image
 
+from daemon.atomic import replacing
 from daemon.errors import DropError, Problem
 from daemon.recipe import RECIPE_FILE, DataSpec, _line_of
 
@@ -187,7 +186,7 @@ def prepare_split(
         out_dir / IMAGES_FILE,
     )
     if summary.kind == "images":
-        with _atomic(images_out) as f:
+        with replacing(images_out) as f:
             for item in summary.items:
                 row = {"path": str(item.path.resolve()), "caption": item.caption}
                 f.write(json.dumps({**row, "repeats": item.repeats}, ensure_ascii=False) + "\n")
@@ -840,7 +839,7 @@ def _records(kind: str, files: Iterable[Path]) -> Iterator[str]:
 
 def _write_normalised(kind: str, files: list[Path], out: Path) -> int:
     count = 0
-    with _atomic(out) as f:
+    with replacing(out) as f:
         for line in _records(kind, files):
             f.write(line + "\n")
             count += 1
@@ -852,25 +851,15 @@ def _write_split(
 ) -> tuple[int, int]:
     counts = [0, 0]
     with ExitStack() as stack:
-        outs = [stack.enter_context(_atomic(train_out)), stack.enter_context(_atomic(valid_out))]
+        outs = [
+            stack.enter_context(replacing(train_out)),
+            stack.enter_context(replacing(valid_out)),
+        ]
         for index, line in enumerate(_records(kind, files)):
             side = int(index in held)
             outs[side].write(line + "\n")
             counts[side] += 1
     return counts[0], counts[1]
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[TextIO]:
-    """Write to a temporary file beside ``path`` and rename it into place when done."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- images ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon import atomic
 from daemon.datasets import detect_kind, inspect_data, prepare_split
 from daemon.errors import DropError
 from daemon.events import DropRejected, JobChanged, Wake
@@ -26,6 +27,17 @@ from daemon.worker import WORK_DIR
 log = logging.getLogger("lorainbox.intake")
 
 ERROR_FILE = "ERROR.md"
+
+
+def write_error_file(folder: Path, text: str) -> None:
+    """ERROR.md, whole or not at all: on a full disk the error still reaches status and the
+    menu, and the folder holds no empty ERROR.md to puzzle over."""
+    try:
+        atomic.write_text(folder / ERROR_FILE, text)
+    except OSError as e:
+        log.warning("could not write %s: %s", folder / ERROR_FILE, e)
+
+
 RESOLVED_RECIPE = "recipe.resolved.json"
 
 
@@ -140,7 +152,7 @@ class Intake:
 
     def _reject(self, drop: Path, name: str, error: DropError) -> None:
         failed = self.layout.move(drop, self.layout.failed)
-        (failed / ERROR_FILE).write_text(error.markdown())
+        write_error_file(failed, error.markdown())
         log.warning("rejected %s -> %s: %s", name, failed, error)
         self.hub.publish(DropRejected(name, failed, str(error)))
         return None
@@ -158,7 +170,7 @@ class Intake:
             "put the recipe.toml and the data in a folder and drop the folder; "
             f"the file is kept in {target}",
         )
-        (target / ERROR_FILE).write_text(error.markdown())
+        write_error_file(target, error.markdown())
         log.warning("rejected %s: not a folder", path)
         self.hub.publish(DropRejected(name, target, str(error)))
         return None

@@ -7,6 +7,7 @@ CLI, the status page) go into the ``requests`` table; the daemon applies them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -17,6 +18,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from daemon import atomic
 
 
 class State(str, Enum):
@@ -294,9 +297,5 @@ def write_status_file(job: Job) -> None:
         "result": job.result,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(job.updated_at)),
     }
-    tmp = folder / ".status.json.tmp"
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(folder / "status.json")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # a missing or full folder: SQLite holds the truth
+        atomic.write_text(folder / "status.json", json.dumps(data, indent=2) + "\n")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from daemon import atomic
 from daemon.config import DEFAULT_OLLAMA_HOST, Settings, load_settings
 
 LABEL = "com.lorainbox.agent"
@@ -354,9 +355,7 @@ def _uid(uid: int | None) -> int:
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic.write_bytes(path, data)
 
 
 def _install_launchd(

@@ -24,7 +24,7 @@ from daemon.errors import DropError
 from daemon.events import DropReady, DropRejected, JobChanged, Wake
 from daemon.hub import Hub
 from daemon.inbox import InboxLayout, InboxWatcher
-from daemon.intake import ERROR_FILE, Intake
+from daemon.intake import ERROR_FILE, Intake, write_error_file
 from daemon.jobs import Job, JobStore, State
 from daemon.notifications import NotificationRelay
 from daemon.registrar import Registrar
@@ -347,10 +347,7 @@ class Daemon:
         area = self.layout.failed
         if folder.parent != area:
             folder = self.layout.move(folder, area)
-        try:
-            (folder / ERROR_FILE).write_text(error.markdown("This job failed"))
-        except OSError as e:  # a full disk: the error still reaches status and the menu
-            log.warning("could not write %s: %s", folder / ERROR_FILE, e)
+        write_error_file(folder, error.markdown("This job failed"))
         job = self.store.transition(
             job.id, State.FAILED, detail=str(error), error=str(error), path=str(folder)
         )
@@ -372,9 +369,10 @@ class Daemon:
         folder = job.folder
         if folder.exists() and folder.parent != self.layout.failed:
             folder = self.layout.move(folder, self.layout.failed)
-        (folder / ERROR_FILE).write_text(
+        write_error_file(
+            folder,
             "# Cancelled\n\nYou cancelled this job. Nothing was deleted; `lorainbox retry "
-            f"{job.name}` puts it back in the queue (it resumes from its last checkpoint).\n"
+            f"{job.name}` puts it back in the queue (it resumes from its last checkpoint).\n",
         )
         job = self.store.transition(job.id, State.CANCELLED, detail="cancelled", path=str(folder))
         self.hub.publish(JobChanged(job.id, job.name, State.CANCELLED.value, None))

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from daemon import atomic
 from daemon.errors import DropError
 from daemon.models import check_model_dir, resolve_base_model
 from daemon.recipe import Recipe
@@ -64,9 +65,7 @@ class JobSpec(BaseModel):
     def save(self, job_dir: Path) -> None:
         path = job_dir / WORK_DIR / SPEC_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
-        tmp.replace(path)
+        atomic.write_text(path, self.model_dump_json(indent=2))
 
 
 def pick_trainer(recipe: Recipe) -> Trainer:
