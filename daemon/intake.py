@@ -27,6 +27,7 @@ from daemon.worker import WORK_DIR
 log = logging.getLogger("lorainbox.intake")
 
 ERROR_FILE = "ERROR.md"
+RESOLVED_RECIPE = "recipe.resolved.json"
 
 
 def write_error_file(folder: Path, text: str) -> None:
@@ -36,9 +37,6 @@ def write_error_file(folder: Path, text: str) -> None:
         atomic.write_text(folder / ERROR_FILE, text)
     except OSError as e:
         log.warning("could not write %s: %s", folder / ERROR_FILE, e)
-
-
-RESOLVED_RECIPE = "recipe.resolved.json"
 
 
 @dataclass

@@ -192,13 +192,13 @@ def export(trainer: Trainer, ctx: TrainContext, base: Path | None) -> None:
     free = shutil.disk_usage(ctx.job_dir).free
     if free < need:
         raise disk_full(ctx.job_dir, need, free)
-    said: list[tuple[str, float | None]] = []
+    last: list[tuple[str, float | None]] = [("", None)]
 
     def stage(name: str, fraction: float | None = None) -> None:
         """Tell the supervisor how far the export is: each new stage, each further percent."""
         now = (name, None if fraction is None else round(fraction, 2))
-        if not said or said[-1] != now:
-            said.append(now)
+        if now != last[0]:
+            last[0] = now
             ctx.emitter.emit("export", stage=name, fraction=now[1])
 
     try:
