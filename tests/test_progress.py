@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from daemon.cli import progress_text
 from daemon.events import JobChanged, JobProgress
 from daemon.hub import Hub
+from daemon.jobs import JobStore, State
 from daemon.progress import ProgressView
 
 TRAINING = {
@@ -60,3 +63,18 @@ def test_after_training_the_bar_says_where_the_export_is() -> None:
     assert lines[0].endswith("writing the GGUF 45%") and "ETA" not in lines[0]
     assert lines[1].endswith("fusing the adapter")
     assert lines[2].endswith("GGUF written")
+
+
+def test_status_shows_the_training_then_how_far_the_export_is(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = store.add(tmp_path, "pirate-bot", tmp_path / "pirate-bot")
+    store.transition(job.id, State.TRAINING)
+    store.update(job.id, progress=TRAINING)
+    text = progress_text(store.get(job.id))
+    assert "120/1200" in text and "loss 0.412" in text and text.endswith("ETA 1h02m")
+    store.transition(job.id, State.EXPORTING)
+    exporting = {**TRAINING, "step": 1200, "export": {"stage": "writing", "fraction": 0.45}}
+    store.update(job.id, progress=exporting)
+    text = progress_text(store.get(job.id))
+    assert "1200/1200" in text and text.endswith("writing the GGUF 45%") and "ETA" not in text
+    store.close()

@@ -56,7 +56,7 @@ def test_a_bad_recipe_is_refused_with_where_and_how_and_the_drop_is_kept(tmp_pat
 
 
 def test_ctrl_c_pauses_at_a_checkpoint_and_the_same_command_resumes(tmp_path: Path) -> None:
-    drop = fast_drop(tmp_path, "long", iters=150, save_every=1000)
+    drop = fast_drop(tmp_path, "long", iters=80, save_every=1000)
     store = JobStore(Path(os.environ["LORAINBOX_STATE_DIR"]) / "jobs.sqlite")
     proc = subprocess.Popen(
         [*ENTRY, str(drop)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
@@ -79,4 +79,4 @@ def test_ctrl_c_pauses_at_a_checkpoint_and_the_same_command_resumes(tmp_path: Pa
     assert job.state == "done"
     reports = (drop / ".lorainbox" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in reports]
-    assert steps == sorted(steps) and steps[-1] == 150  # resumed, never started over
+    assert steps == sorted(steps) and steps[-1] == 80  # resumed, never started over
