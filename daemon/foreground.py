@@ -37,6 +37,13 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
     if not drop.is_dir():
         console.print(f"[red]error:[/red] {drop} is not a folder")
         return 2
+    if drop.parent == settings.inbox.expanduser().resolve():
+        console.print(
+            f"[red]error:[/red] {drop} is in the inbox, where the daemon takes it in and trains "
+            "it itself (and would train it again after this). Move it out of the inbox to train "
+            'it here now, or let the daemon run it at once with `[schedule] when = "now"`.'
+        )
+        return 2
     store = JobStore(settings.db_path)
     hub = Hub()
     intake = Intake(InboxLayout(drop.parent), store, hub)

@@ -80,3 +80,13 @@ def test_ctrl_c_pauses_at_a_checkpoint_and_the_same_command_resumes(tmp_path: Pa
     reports = (drop / ".lorainbox" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in reports]
     assert steps == sorted(steps) and steps[-1] == 80  # resumed, never started over
+
+
+def test_a_drop_in_the_inbox_is_left_to_the_daemon(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    drop = fast_drop(inbox, "queued-by-hand")
+    done = train(drop, LORAINBOX_INBOX=str(inbox))
+    assert done.returncode == 2
+    message = " ".join(done.stdout.split())
+    assert "is in the inbox" in message and "Move it out of the inbox" in message
+    assert sorted(p.name for p in drop.iterdir()) == ["recipe.toml", "train.jsonl"]
