@@ -313,23 +313,30 @@ def logs(
 
 @app.command()
 def recipes(config: ConfigOpt = None, inbox: InboxOpt = None) -> None:
-    """List the recipes a drop can extend."""
-    from daemon.recipe import find_recipe, load_recipe, recipe_search_dirs
+    """List the recipes a drop can extend: yours (in the inbox's recipes/) and the built-in ones."""
+    from daemon.recipe import (
+        BUILTIN_RECIPES,
+        find_recipe,
+        load_recipe,
+        recipe_search_dirs,
+        recipe_summary,
+    )
 
     settings = _settings(inbox, config)
     dirs = recipe_search_dirs(settings.inbox)
     table = Table()
-    for col in ("name", "kind", "base model", "file"):
-        table.add_column(col)
+    for col in ("name", "kind", "base model", "what it is for", "from"):
+        table.add_column(col, no_wrap=col in ("name", "kind"), overflow="fold")
     names = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
     for name in names:
         path = find_recipe(name, dirs)
         assert path is not None
+        origin = "built-in" if path.parent == BUILTIN_RECIPES else _short(path)
         try:
             r = load_recipe(path, search_dirs=dirs, defaults={"name": name})
-            table.add_row(name, r.kind, r.base_model, str(path))
+            table.add_row(name, r.kind, r.base_model, recipe_summary(path, r), origin)
         except Exception as e:  # a broken user recipe should not hide the others
-            table.add_row(name, "[red]invalid[/red]", str(e)[:60], str(path))
+            table.add_row(name, "[red]invalid[/red]", "", str(e)[:120], origin)
     console.print(table)
 
 

@@ -229,6 +229,20 @@ def recipe_search_dirs(inbox: Path | None) -> list[Path]:
     return [*dirs, BUILTIN_RECIPES]
 
 
+def recipe_summary(path: Path, recipe: Recipe) -> str:
+    """What a recipe is for: its ``description``, else the first sentence of its opening
+    comment (how the built-in recipes say it)."""
+    if recipe.description:
+        return recipe.description
+    comment = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    text = " ".join(part for part in comment if part)
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
 def load_recipe(
     path: Path, *, search_dirs: Sequence[Path], defaults: dict[str, Any] | None = None
 ) -> Recipe:
