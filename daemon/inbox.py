@@ -2,12 +2,15 @@
 
 A drop is ready once nothing in it has changed for ``settle_seconds`` and it holds no partial
 downloads or copy temporaries. watchdog (FSEvents on macOS, inotify on Linux) tells us when
-something changed; a full rescan at start catches what arrived while the daemon was down.
-Folders move with ``os.rename`` (atomic within one file system) and never overwrite.
+something changed: the inbox's top level, and the inside of each drop until it is handed over
+(not Queue/, Done/ and Failed/, where training writes all day). A full rescan at start catches
+what arrived while the daemon was down. Folders move with ``os.rename`` (atomic within one
+file system) and never overwrite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 # watchdog's inotify backend warns when a short-lived folder (a checkpoint being written) is
 # watched twice; it handles it, and the warning would only clutter the person's terminal.
@@ -155,6 +159,9 @@ class InboxWatcher:
         self.settle_seconds = settle_seconds
         self.poll_seconds = poll_seconds
         self._pending: dict[str, tuple[float, tuple]] = {}
+        self._inside: dict[str, ObservedWatch | None] = {}
+        """A recursive watch inside each drop that is still settling, by name."""
+        self._handler = _Handler(self)
         self._waiting_logged: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -163,7 +170,7 @@ class InboxWatcher:
 
     def start(self) -> None:
         self.layout.create()
-        self._observer.schedule(_Handler(self), str(self.layout.root), recursive=True)
+        self._observer.schedule(self._handler, str(self.layout.root), recursive=False)
         self._observer.start()
         self.rescan()
         self._thread.start()
@@ -196,6 +203,33 @@ class InboxWatcher:
             return
         with self._lock:
             self._pending[top] = (time.monotonic(), ())
+        self._watch_inside(top)
+
+    def _watch_inside(self, name: str) -> None:
+        """Changes deep in a drop (a slow copy into a subfolder) keep it settling too.
+
+        The observer's own lock is never taken under ours: its thread calls ``touched``."""
+        path = self.layout.root / name
+        with self._lock:
+            if name in self._inside:
+                return
+            self._inside[name] = None
+        watch = None
+        if self._observer.is_alive() and path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):  # gone meanwhile: the settle loop will see
+                watch = self._observer.schedule(self._handler, str(path), recursive=True)
+        with self._lock:
+            if watch is None:
+                self._inside.pop(name, None)
+            else:
+                self._inside[name] = watch
+
+    def _unwatch_inside(self, name: str) -> None:
+        with self._lock:
+            watch = self._inside.pop(name, None)
+        if watch is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self._observer.unschedule(watch)
 
     def _settle_loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):
@@ -211,6 +245,7 @@ class InboxWatcher:
             if not path.exists() and not path.is_symlink():
                 with self._lock:
                     self._pending.pop(name, None)
+                self._unwatch_inside(name)
                 continue
             sig = signature(path)
             partial = partial_files(path)
@@ -227,6 +262,7 @@ class InboxWatcher:
             with self._lock:
                 self._pending.pop(name, None)
             self._waiting_logged.discard(name)
+            self._unwatch_inside(name)  # before it moves: a watch follows the folder
             try:
                 self.on_ready(path)
             except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -102,3 +103,41 @@ def test_partial_patterns(tmp_path: Path) -> None:
     (tmp_path / "sub" / "~$doc.docx").write_text("")
     (tmp_path / "ok.jsonl").write_text("")
     assert sorted(partial_files(tmp_path)) == ["a.part", "sub/~$doc.docx"]
+
+
+def inotify_watches() -> int | None:
+    """How many folders this process watches through inotify (Linux), else None."""
+    fdinfo = Path("/proc/self/fdinfo")
+    if not fdinfo.is_dir():
+        return None
+    count = 0
+    for entry in fdinfo.iterdir():
+        with contextlib.suppress(OSError):
+            count += entry.read_text().count("inotify wd:")
+    return count
+
+
+def test_only_the_top_level_and_settling_drops_are_watched(watcher: InboxWatcher) -> None:
+    """Training writes all day under Queue/ (checkpoints, logs): none of it is watched."""
+    root = watcher.layout.root
+
+    def watched() -> set[tuple[Path, bool]]:
+        emitters = watcher._observer.emitters
+        return {(Path(e.watch.path), e.watch.is_recursive) for e in emitters}
+
+    watcher.start()
+    checkpoints = watcher.layout.queue / "training-job" / ".lorainbox" / "checkpoints"
+    for step in range(40):
+        (checkpoints / f"step-{step:08d}").mkdir(parents=True)
+    drop = root / "pirate-bot"
+    (drop / "data").mkdir(parents=True)
+    (drop / "data" / "train.jsonl").write_text("{}\n")
+    deadline = time.monotonic() + 5
+    while (drop, True) not in watched() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert watched() == {(root, False), (drop, True)}
+    if (count := inotify_watches()) is not None:
+        assert count <= 4  # the top level, the drop and its data/, not 40 checkpoints
+    assert watcher.pending == ["pirate-bot"]
+    assert watcher.collector.wait(1) == [drop]
+    assert watched() == {(root, False)}  # handed over: its watch is gone
