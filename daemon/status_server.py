@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from daemon import __version__
 from daemon.config import Settings
-from daemon.humanize import export_stage
+from daemon.humanize import duration, export_stage
 from daemon.jobs import ACTIONS, Job, JobStore, State
 from daemon.results import loss_series, read_metrics
 from daemon.sensors.base import Readings
@@ -119,6 +119,11 @@ def refusal(job: Job, action: str) -> str | None:
     return None
 
 
+def eta_text(job: Job) -> str | None:
+    eta = job.progress.get("eta_seconds")
+    return duration(eta) if eta and job.state == State.TRAINING else None
+
+
 def job_json(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -127,6 +132,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "waiting_for": job.waiting_for,
         "held": job.held,
         "progress": job.progress,
+        "eta": eta_text(job),
         "export_stage": export_stage(job.progress) if job.state == State.EXPORTING else None,
         "error": job.error,
         "model": job.model,

@@ -78,13 +78,6 @@ function stateText(job) {
   return job.state;
 }
 
-function duration(seconds) {
-  const s = Math.round(seconds);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
-  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
-}
-
 function cell(row, text, className) {
   const td = row.insertCell();
   td.textContent = text;
@@ -120,7 +113,7 @@ function renderQueue() {
     progressCell(row, p);
     cell(row, p.train_loss != null ? p.train_loss.toFixed(3) : "", "num");
     cell(row, p.tokens_per_second ? p.tokens_per_second.toFixed(0) : "", "num");
-    cell(row, p.eta_seconds && job.state === "training" ? duration(p.eta_seconds) : "", "num");
+    cell(row, job.eta || "", "num");
   }
   document.getElementById("empty").hidden = jobs.length > 0;
 }
