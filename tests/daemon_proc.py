@@ -15,6 +15,20 @@ from daemon.jobs import Job, JobStore, State
 ENTRY = [sys.executable, "-m", "daemon.cli"]
 
 
+def lorainbox(
+    *args: str | Path, timeout: float = 600, columns: int = 200, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """One ``lorainbox`` command as a person runs it: its own process, a terminal this wide
+    (rich wraps tables and bars to it), the test's environment plus ``env``."""
+    return subprocess.run(
+        [*ENTRY, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": str(columns), **env},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

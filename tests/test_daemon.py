@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.daemon_proc import lorainbox
 from tests.drops import chat_lines, drop_with, fast_drop
-
-ENTRY = [sys.executable, "-m", "daemon.cli"]
-
-
-def lorainbox(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ENTRY, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
-    )
 
 
 def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:

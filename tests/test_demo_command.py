@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.daemon_proc import lorainbox
 from tests.fake_ollama import FakeOllama
 
 
 def test_demo_trains_exports_registers_and_the_model_answers_its_fact(tmp_path: Path) -> None:
     with FakeOllama(tmp_path / "ollama") as ollama:
-        env = {**os.environ, "OLLAMA_HOST": ollama.url, "COLUMNS": "100"}
-        done = subprocess.run(
-            [sys.executable, "-m", "daemon.cli", "demo", "--dir", str(tmp_path / "demo")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
+        done = lorainbox("demo", "--dir", tmp_path / "demo", columns=100, OLLAMA_HOST=ollama.url)
         chats = ollama.stats["chats"]
     out = " ".join(done.stdout.split())
     assert done.returncode == 0, done.stdout + done.stderr

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.daemon_proc import lorainbox
 from tests.fake_ollama import FakeOllama
-
-ENTRY = [sys.executable, "-m", "daemon.cli", "doctor"]
 
 
 def doctor(**env: str) -> tuple[int, dict[str, str]]:
     """Exit code, and each row's mark and detail by its name."""
-    run_env = {**os.environ, "COLUMNS": "250", **env}
-    done = subprocess.run(ENTRY, capture_output=True, text=True, timeout=300, env=run_env)
+    done = lorainbox("doctor", timeout=300, columns=250, **env)
     rows = {}
     for line in done.stdout.splitlines():
         cells = [c.strip() for c in line.strip("│").split("│")]

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from daemon.recipe import BUILTIN_RECIPES, load_recipe, recipe_search_dirs, recipe_summary
+from tests.daemon_proc import lorainbox
 
 
 def recipes(inbox: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LORAINBOX_INBOX": str(inbox), "COLUMNS": "400"}
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "recipes"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    return lorainbox("recipes", timeout=120, columns=400, LORAINBOX_INBOX=str(inbox))
 
 
 def rows(out: str) -> dict[str, list[str]]:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
+from tests.daemon_proc import lorainbox
 from tests.fake_ollama import FakeOllama
 
 pytest_plugins = ["tests.fixtures_models"]
 
-ENTRY = [sys.executable, "-m", "daemon.cli", "register"]
-
 
 def register(*args: str | Path, host: str = "127.0.0.1:9") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OLLAMA_HOST": host, "COLUMNS": "250"}
-    return subprocess.run(
-        [*ENTRY, *map(str, args)], capture_output=True, text=True, timeout=300, env=env
-    )
+    return lorainbox("register", *args, timeout=300, columns=250, OLLAMA_HOST=host)
 
 
 def test_register_uploads_the_gguf_and_ollama_answers_with_it(

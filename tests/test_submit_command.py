@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from tests.daemon_proc import lorainbox
 from tests.drops import fast_drop
-
-ENTRY = [sys.executable, "-m", "daemon.cli", "submit"]
 
 
 def submit(*args: str | Path, inbox: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LORAINBOX_INBOX": str(inbox), "COLUMNS": "200"}
-    return subprocess.run(
-        [*ENTRY, *map(str, args)], capture_output=True, text=True, timeout=120, env=env
-    )
+    return lorainbox("submit", *args, timeout=120, LORAINBOX_INBOX=str(inbox))
 
 
 def files(folder: Path) -> dict[str, bytes]:

@@ -6,17 +6,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from daemon.jobs import JobStore
+from tests.daemon_proc import ENTRY, lorainbox
 from tests.drops import chat_lines, drop_with, fast_drop
 from tests.fake_ollama import FakeOllama
 
-ENTRY = [sys.executable, "-m", "daemon.cli", "train"]
+TRAIN = [*ENTRY, "train"]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -24,9 +24,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def train(drop: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ENTRY, str(drop)], capture_output=True, text=True, timeout=600, env=env(**extra)
-    )
+    return lorainbox("train", drop, columns=100, **extra)
 
 
 def test_train_runs_a_drop_exports_it_and_registers_it(tmp_path: Path) -> None:
@@ -59,7 +57,7 @@ def test_ctrl_c_pauses_at_a_checkpoint_and_the_same_command_resumes(tmp_path: Pa
     drop = fast_drop(tmp_path, "long", iters=80, save_every=1000)
     store = JobStore(Path(os.environ["LORAINBOX_STATE_DIR"]) / "jobs.sqlite")
     proc = subprocess.Popen(
-        [*ENTRY, str(drop)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
+        [*TRAIN, str(drop)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
