@@ -128,6 +128,8 @@ def report_text(job: Job, recipe: Recipe, store: JobStore) -> str:
 
 def _summary(job: Job, recipe: Recipe) -> list[str]:
     out = [f"- **State:** {job.state.value}", f"- **Base model:** `{recipe.base_model}`"]
+    if trained := trained_text(job.result.get("trained", {})):
+        out.append(f"- **Trained:** {trained}")
     reg = job.result.get("ollama")
     if reg:
         out.append(f"- **Ollama:** `{reg.get('latest')}` (also `{reg.get('version')}`)")
@@ -142,6 +144,14 @@ def _summary(job: Job, recipe: Recipe) -> list[str]:
         size = (job.folder / "model.gguf").stat().st_size / 1e6
         out.append(f"- **GGUF:** `model.gguf` ({size:.1f} MB, {recipe.export.outtype})")
     return [*out, ""]
+
+
+def trained_text(result: dict[str, Any]) -> str:
+    """ "1000 steps with torch on mps, layers compiled": how the worker trained, from its result."""
+    if "steps" not in result or "trainer" not in result:
+        return ""
+    text = f"{result['steps']} steps with {result['trainer']} on {result.get('device', '?')}"
+    return text + (", layers compiled" if result.get("compiled") else "")
 
 
 def job_dir_name(job: Job) -> str:

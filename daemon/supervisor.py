@@ -214,17 +214,17 @@ class Supervisor:
                 JobChanged(job_id, run.job.name, State.EXPORTING.value, State.TRAINING.value)
             )
         elif kind == "footprint":
-            job = self.store.get(job_id)
-            self.store.update(job_id, result={**job.result, "footprint": msg})
+            self._add_result(job_id, footprint=msg)
+        elif kind == "trained":
+            how = {k: msg[k] for k in ("steps", "trainer", "device", "compiled") if k in msg}
+            self._add_result(job_id, trained=how)
         elif kind == "exported":
-            job = self.store.get(job_id)
-            self.store.update(
-                job_id, result={**job.result, "gguf": msg.get("gguf"), "gguf_info": msg.get("info")}
-            )
+            self._add_result(job_id, gguf=msg.get("gguf"), gguf_info=msg.get("info"))
         elif kind == "resumed":
-            job = self.store.get(job_id)
-            resumes = [*job.result.get("resumes", []), {"step": msg.get("step"), "at": time.time()}]
-            self.store.update(job_id, result={**job.result, "resumes": resumes})
+            resumes = self.store.get(job_id).result.get("resumes", [])
+            self._add_result(
+                job_id, resumes=[*resumes, {"step": msg.get("step"), "at": time.time()}]
+            )
         elif kind == "paused":
             run.paused_step = msg.get("step")
             self.store.update(job_id, checkpoint_step=run.paused_step)
@@ -232,6 +232,9 @@ class Supervisor:
             run.problems = msg.get("problems")
         elif kind in ("crash", "oom"):
             run.message = msg.get("message")
+
+    def _add_result(self, job_id: int, **fields: Any) -> None:
+        self.store.update(job_id, result={**self.store.get(job_id).result, **fields})
 
 
 def _parse(line: str) -> dict[str, Any] | None:

@@ -172,10 +172,9 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     if not done_marker.exists():
         emitter.emit("stage", stage="training", trainer=trainer.name)
         result = trainer.train(ctx)
-        done_marker.write_text(
-            json.dumps({"steps": result.steps, "adapter": str(result.adapter_dir), **result.extra})
-        )
-        emitter.emit("trained", steps=result.steps, adapter=str(result.adapter_dir))
+        trained = {"steps": result.steps, "adapter": str(result.adapter_dir), **result.extra}
+        done_marker.write_text(json.dumps(trained))
+        emitter.emit("trained", **trained)
     recipe = spec.recipe
     if recipe.kind == "llm" and recipe.export.gguf and not (job_dir / GGUF_NAME).exists():
         emitter.emit("stage", stage="exporting")

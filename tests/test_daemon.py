@@ -49,6 +49,7 @@ def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:
         assert (done / name).exists(), name
     status = json.loads((done / "status.json").read_text())
     assert status["state"] == "done" and status["result"]["registered"] is False
+    assert "- **Trained:** 12 steps with mlx on cpu" in (done / "report.md").read_text()
 
     expected = {
         "bad-toml": ["not valid TOML", "line 2"],

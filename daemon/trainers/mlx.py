@@ -425,7 +425,12 @@ class MLXTrainer:
             steps=pos.step,
             final_train_loss=run.callback.last.get("train_loss"),
             final_valid_loss=run.callback.valid_loss,
-            extra={"peak_memory_gb": round(guard.peak_gb, 3), "base_model": str(base)},
+            extra={
+                "trainer": self.name,
+                "device": "gpu" if mx.default_device() == mx.gpu else "cpu",
+                "peak_memory_gb": round(guard.peak_gb, 3),
+                "base_model": str(base),
+            },
         )
 
     def fuse(self, ctx: TrainContext) -> Path:
