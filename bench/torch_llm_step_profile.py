@@ -32,10 +32,11 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "compiled": None,
     "compiled-static": {"dynamic": False},
     "compiled-cudagraphs": {"dynamic": False, "mode": "reduce-overhead"},
+    "compiled-dynamic-cudagraphs": {"dynamic": True, "mode": "reduce-overhead"},
 }
-"""``compiled`` is the trainer's compile switch (layers compiled with dynamic shapes); the other
-two compile the layers here, one graph per width, and with CUDA graphs on top, to see what is
-left to gain."""
+"""``compiled`` is the trainer's compile switch (layers compiled with dynamic shapes); the next two
+compile the layers here, one graph per width, then with CUDA graphs on top (one recording per
+width), and the last compiles once for all widths and records CUDA graphs per width."""
 WIDTHS = (256, 320, 384, 448, 512)
 
 
@@ -66,7 +67,7 @@ def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: 
 
     spec = VARIANTS[name]
     setup = setup_device(device, 64.0)
-    trainer = TorchLLMTrainer(SpeedOptions(compile=name == "compiled"))
+    trainer = TorchLLMTrainer(SpeedOptions())
     config = json.loads((model_dir / "config.json").read_text())
     started = time.perf_counter()
     model = trainer._model(
@@ -75,11 +76,15 @@ def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: 
         setup,
         LoraSpec(rank=16, alpha=32, num_layers=-1),
         Footprint(8, 1024, False),
+        compiled=name == "compiled",
     )
     if spec is not None:
         # One graph per width and layer input can pass dynamo's default limit of 8, after which
         # it would quietly run the rest eagerly.
         torch._dynamo.config.recompile_limit = 64
+        from torch.fx.experimental import _config as shapes_config
+
+        shapes_config.use_duck_shape = False
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile(**spec)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -88,7 +93,11 @@ def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: 
     data = batches(tiny, device, 2 * len(WIDTHS) + steps)
     warm, timed = data[: 2 * len(WIDTHS)], data[2 * len(WIDTHS) :]
 
+    graphs = spec is not None and spec.get("mode") == "reduce-overhead"
+
     def step(batch: Any) -> None:
+        if graphs:  # the previous step's graph outputs are done with
+            torch.compiler.cudagraph_mark_step_begin()
         with setup.autocast():
             summed = loss_sum(model, batch, True)
         (summed / batch.n_targets).backward()
@@ -131,6 +140,13 @@ def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: 
     }
 
 
+def failure(done: subprocess.CompletedProcess[str]) -> str:
+    """The exit status and the traceback's last lines, past any warnings printed after it."""
+    output = (done.stderr or done.stdout).splitlines()
+    lines = [line for line in output if "Warning" not in line and "warnings.warn" not in line]
+    return "\n".join([f"exit status {done.returncode}", *lines[-12:]])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,11 +184,7 @@ def main() -> None:
         ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        results[name] = (
-            json.loads(found[-1][7:])
-            if found
-            else {"failed": (done.stderr or done.stdout).strip()[-600:]}
-        )
+        results[name] = json.loads(found[-1][7:]) if found else {"failed": failure(done)}
         print(name, json.dumps(results[name]), flush=True)
     if args.out:
         args.out.write_text(json.dumps({"device": device, "results": results}, indent=2))

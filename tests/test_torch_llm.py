@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from daemon.errors import DropError
-from daemon.recipe import Recipe
+from daemon.recipe import Recipe, TrainSpec
 from daemon.trainers.base import Emitter, Footprint, OutOfMemory, Paused, TrainContext
 from daemon.trainers.torch_common import (
     MPSFallbackLog,
@@ -33,6 +33,7 @@ from daemon.trainers.torch_common import (
     save_checkpoint,
 )
 from daemon.trainers.torch_llm import (
+    COMPILE_MIN_STEPS,
     IGNORE,
     Example,
     SpeedOptions,
@@ -41,6 +42,7 @@ from daemon.trainers.torch_llm import (
     lora_config,
     loss_sum,
     plan_epoch,
+    planned_steps,
     tokenize_row,
 )
 
@@ -374,7 +376,8 @@ def test_compiled_layers_train_as_eager_ones_with_two_graphs_for_every_shape(
             rows=rows,
             train={"iters": 8, "steps_per_report": 4, "steps_per_eval": 4, "seed": 4},
         )
-        TorchLLMTrainer(SpeedOptions(compile=compiled)).train(ctx)
+        result = TorchLLMTrainer(SpeedOptions(compile=compiled)).train(ctx)
+        assert result.extra["compiled"] is compiled
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         losses = [(p.get("train_loss"), p.get("valid_loss")) for p in lines(out)]
         runs[compiled] = losses, graphs, sorted(adapter_tensors(ctx.adapter_dir))
@@ -385,6 +388,22 @@ def test_compiled_layers_train_as_eager_ones_with_two_graphs_for_every_shape(
     for got, want in zip(losses, eager_losses, strict=True):
         for a, b in zip(got, want, strict=True):
             assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-3 * b), (got, want)
+
+
+def test_layers_compile_by_default_only_for_long_cuda_runs() -> None:
+    """Compiling costs about a minute once: worth it on CUDA for long runs, never on MPS (its
+    compiler is a prototype) or the CPU, and a recipe's explicit choice always wins."""
+    auto = SpeedOptions()
+    assert auto.compiles("cuda", COMPILE_MIN_STEPS)
+    assert not auto.compiles("cuda", COMPILE_MIN_STEPS - 1)
+    assert not auto.compiles("mps", 100_000) and not auto.compiles("cpu", 100_000)
+    assert SpeedOptions(compile=True).compiles("cpu", 1)
+    assert not SpeedOptions(compile=False).compiles("cuda", 100_000)
+
+
+def test_planned_steps_count_iters_or_epochs_of_batches() -> None:
+    assert planned_steps(TrainSpec(iters=7, batch_size=4), 1000) == 7
+    assert planned_steps(TrainSpec(epochs=2, batch_size=4), 10) == 6  # 3 batches an epoch
 
 
 def test_length_grouped_batches_waste_less_padding() -> None:
