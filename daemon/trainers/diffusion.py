@@ -31,12 +31,12 @@ from daemon.errors import DropError
 from daemon.recipe import Recipe
 from daemon.trainers import kohya
 from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
+from daemon.trainers.pace import Pace, rounded
 from daemon.trainers.torch_common import (
     GB,
     DeviceSetup,
     MemoryMeter,
     MPSFallbackLog,
-    Pace,
     atomic_replace_dir,
     empty_cache,
     lora_alpha,
@@ -834,7 +834,7 @@ class _Run:
             "images_per_second": round(rate, 3),
             "trained_images": self.trained_images,
             "peak_memory_gb": round(self.meter.check(), 3),
-            "eta_seconds": round(eta, 1),
+            "eta_seconds": rounded(eta),
             "epoch": max(self.epoch, 0),
         }
         if self.checkpoint_step is not None:

@@ -46,6 +46,7 @@ from daemon.recipe import LoraSpec, Recipe, TrainSpec
 from daemon.trainers import samples
 from daemon.trainers.base import Emitter, OutOfMemory, Paused, TrainContext, TrainResult
 from daemon.trainers.memory import MemoryGuard, estimate_for, is_out_of_memory
+from daemon.trainers.pace import Pace, rounded
 
 log = logging.getLogger("lorainbox.mlx")
 
@@ -341,16 +342,9 @@ class ProgressCallback(TrainingCallback):
     def __init__(self, emitter: Emitter, total: int, start_step: int):
         self.emitter = emitter
         self.total = total
-        self.start_step = start_step
-        self.started = time.perf_counter()
+        self.pace = Pace(start_step, total)
         self.last: dict[str, Any] = {}
         self.valid_loss: float | None = None
-
-    def _eta(self, step: int) -> float | None:
-        done = step - self.start_step
-        if done <= 0:
-            return None
-        return round((time.perf_counter() - self.started) / done * (self.total - step), 1)
 
     def on_train_loss_report(self, train_info: dict[str, Any]) -> None:
         step = train_info["iteration"]
@@ -361,7 +355,8 @@ class ProgressCallback(TrainingCallback):
             "trained_tokens": train_info["trained_tokens"],
             "peak_memory_gb": round(train_info["peak_memory"], 3),
         }
-        self.emitter.progress(step=step, total=self.total, **self.last, eta_seconds=self._eta(step))
+        eta = self.pace.report(step)[1]
+        self.emitter.progress(step=step, total=self.total, **self.last, eta_seconds=rounded(eta))
 
     def on_val_loss_report(self, val_info: dict[str, Any]) -> None:
         step = val_info["iteration"]
@@ -371,7 +366,7 @@ class ProgressCallback(TrainingCallback):
             total=self.total,
             valid_loss=round(self.valid_loss, 5),
             **{k: v for k, v in self.last.items() if k != "train_loss"},
-            eta_seconds=self._eta(step),
+            eta_seconds=rounded(self.pace.eta(step)),
         )
 
 
@@ -474,7 +469,7 @@ class _Run:
 
     def loop(self, pos: Position) -> None:
         t, ctx = self.t, self.ctx
-        self.callback.start_step = pos.step
+        self.callback.pace = Pace(pos.step, self.total)
         if self.valid and pos.step == 0:
             self.evaluate(0)
         self.model.train()
@@ -496,6 +491,7 @@ class _Run:
                 raise
             losses.append(loss)
             tokens.append(ntoks)
+            self.callback.pace.add(int(ntoks.item()))
             pos.advance(len(self.train))
             try:
                 self.guard.check()

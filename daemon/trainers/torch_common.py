@@ -458,29 +458,6 @@ def resumable_checkpoint(
 # --- progress -----------------------------------------------------------------------------
 
 
-class Pace:
-    """Throughput between reports and the time left, from wall-clock time at report steps."""
-
-    def __init__(self, start_step: int, total: int):
-        self.total = total
-        self.start_step = start_step
-        self.started = time.perf_counter()
-        self.last_time = self.started
-        self.units = 0
-
-    def add(self, units: int) -> None:
-        self.units += units
-
-    def report(self, step: int) -> tuple[float, float]:
-        """``(units per second since the last report, seconds left)``, and a new interval."""
-        now = time.perf_counter()
-        rate = self.units / max(now - self.last_time, 1e-9)
-        done = max(step - self.start_step, 1)
-        eta = (now - self.started) / done * (self.total - step)
-        self.last_time, self.units = now, 0
-        return rate, eta
-
-
 def atomic_replace_dir(build: Callable[[Path], None], final: Path) -> Path:
     """Build a folder next to ``final`` and swap it in whole (``build`` fills the folder)."""
     final.parent.mkdir(parents=True, exist_ok=True)

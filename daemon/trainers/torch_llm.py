@@ -30,11 +30,11 @@ from daemon.errors import DropError
 from daemon.recipe import LoraSpec, Recipe, TrainSpec
 from daemon.trainers import samples
 from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
+from daemon.trainers.pace import Pace, rounded
 from daemon.trainers.torch_common import (
     DeviceSetup,
     MemoryMeter,
     MPSFallbackLog,
-    Pace,
     atomic_replace_dir,
     empty_cache,
     lora_alpha,
@@ -807,7 +807,7 @@ class _Run:
             "tokens_per_second": round(rate, 1),
             "trained_tokens": self.trained_tokens,
             "peak_memory_gb": round(peak, 3),
-            "eta_seconds": round(eta, 1),
+            "eta_seconds": rounded(eta),
             "epoch": max(self.cursor.epoch, 0),
         }
         if valid is not None:
