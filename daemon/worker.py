@@ -38,6 +38,7 @@ from daemon.trainers.base import (
     TrainContext,
     Trainer,
 )
+from daemon.trainlog import Narrator
 
 log = logging.getLogger("lorainbox.worker")
 
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    emitter = Emitter(sys.stdout)
+    emitter = Emitter(sys.stdout, narrate=Narrator(log))
     stop = StopFlag().install()
     try:
         return run(job_dir, emitter, stop)

@@ -50,6 +50,10 @@ def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:
     status = json.loads((done / "status.json").read_text())
     assert status["state"] == "done" and status["result"]["registered"] is False
     assert "- **Trained:** 12 steps with mlx on cpu" in (done / "report.md").read_text()
+    log = (done / "train.log").read_text()
+    for told in ("memory plan: batch", "step 12/12, loss", "training finished after 12 steps"):
+        assert told in log, (told, log[-2000:])
+    assert "export: writing the GGUF" in log and "model.gguf" in log
 
     expected = {
         "bad-toml": ["not valid TOML", "line 2"],

@@ -50,9 +50,16 @@ class StopFlag:
 class Emitter:
     """Writes the worker's JSON lines (progress, stages, results) for the supervisor to read."""
 
-    def __init__(self, stream: IO[str] | None = None, metrics_file: Path | None = None):
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        metrics_file: Path | None = None,
+        narrate: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
         self.stream = stream or sys.stdout
         self.metrics_file = metrics_file
+        self.narrate = narrate
+        """Also told every event: the worker logs them in words to train.log."""
         self.orphaned = False
 
     def emit(self, type_: str, **fields: Any) -> None:
@@ -65,6 +72,8 @@ class Emitter:
                 # The daemon died (kill -9): keep training and checkpointing; a restarted
                 # daemon finds this worker, stops it at a step boundary and resumes the job.
                 self.orphaned = True
+        if self.narrate is not None:
+            self.narrate(type_, fields)
         if self.metrics_file is not None and type_ in ("progress", "eval"):
             try:
                 with open(self.metrics_file, "a") as f:
