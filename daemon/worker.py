@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from daemon import atomic
 from daemon.errors import DropError
+from daemon.freshness import forget_stale, keys
 from daemon.models import check_model_dir, resolve_base_model
 from daemon.recipe import Recipe
 from daemon.trainers.base import (
@@ -148,6 +149,10 @@ def plan_memory(spec: JobSpec, job_dir: Path, base: Path, emitter: Emitter) -> F
 def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     spec = JobSpec.load(job_dir)
     work = job_dir / WORK_DIR
+    data = [spec.train_file, *([spec.valid_file] if spec.valid_file else [])]
+    now = keys(spec.recipe, [p if p.is_absolute() else job_dir / p for p in data])
+    if (forgot := forget_stale(work, now, job_dir / GGUF_NAME)) is not None:
+        log.info(forgot)
     emitter.metrics_file = work / "metrics.jsonl"
     done_marker = work / "trained.json"
     footprint = initial_footprint(spec)
