@@ -595,14 +595,10 @@ class _LlmScan:
                 return 0
             first_line = False
             try:
-                obj = json.loads(text)
+                obj = _parse_line(text)
             except json.JSONDecodeError as e:
-                self.problems.add(
-                    f"line {number} is not valid JSON: {e.msg} (column {e.colno})",
-                    where,
-                    f"make line {number} one complete JSON object; check the quotes and commas "
-                    f"near column {e.colno}, and keep each example on a single line",
-                )
+                what, fix = _json_problem(number, e)
+                self.problems.add(what, where, fix)
                 continue
             try:
                 kind, chars = _classify(obj)
@@ -668,6 +664,32 @@ def _inspect_jsonl(drop: Path, found: _Jsonl, spec: DataSpec, problems: _Problem
         stats["ignored"] = ", ".join(found.ignored)
     kind = cast(DataKind, scan.kind or "chat")
     return DataSummary(kind, list(found.train), list(found.valid), n_train, n_valid, stats)
+
+
+def _parse_line(text: str) -> Any:
+    """One JSON Lines line without its ending, so an error's column is within this line:
+    json counts the newline as a line of its own and a line cut short would read "line 2 column 1".
+    """
+    return json.loads(text.rstrip("\r\n"))
+
+
+def _json_problem(number: int, e: json.JSONDecodeError) -> tuple[str, str]:
+    """What is wrong with a line that is not JSON, and how to fix it; a line cut short says so,
+    since json's "Expecting ',' delimiter" at its end does not tell why."""
+    reason = f"{e.msg.removesuffix(' at')} (column {e.colno})"  # "Unterminated string starting at"
+    if not e.doc[e.pos :].strip() or e.msg.startswith("Unterminated string"):
+        what = f"line {number} ends before its JSON object is complete: {reason}"
+        fix = (
+            f"line {number} looks cut off: finish the example on that line and close every "
+            "quote, ] and }; keep each example on a single line"
+        )
+        return what, fix
+    what = f"line {number} is not valid JSON: {reason}"
+    fix = (
+        f"make line {number} one complete JSON object; check the quotes and commas "
+        f"near column {e.colno}, and keep each example on a single line"
+    )
+    return what, fix
 
 
 def _classify(obj: Any) -> tuple[str, int]:

@@ -13,6 +13,11 @@ EXPORT_STAGES = {
 }
 
 
+def loss_text(value: float, decimals: int = 3) -> str:
+    """``0.412``, or ``3.00e-04`` below 0.01: fixed decimals would read a falling loss as 0.000."""
+    return f"{value:.2e}" if 0 < abs(value) < 0.01 else f"{value:.{decimals}f}"
+
+
 def duration(seconds: float) -> str:
     """``42s``, ``3m07s``, ``2h05m``: compact enough for a progress line."""
     s = int(seconds)

@@ -18,7 +18,7 @@ from rich.progress import (
 
 from daemon.events import JobChanged, JobProgress
 from daemon.hub import Hub
-from daemon.humanize import duration, export_stage
+from daemon.humanize import duration, export_stage, loss_text
 
 BAR_WIDTH = 16
 WIDE = 100
@@ -30,9 +30,9 @@ def detail(p: dict[str, Any], wide: bool) -> str:
     training is over, where the export is."""
     parts = []
     if p.get("train_loss") is not None:
-        parts.append(f"loss {p['train_loss']:.3f}")
+        parts.append(f"loss {loss_text(p['train_loss'])}")
     if wide and p.get("valid_loss") is not None:
-        parts.append(f"val {p['valid_loss']:.3f}")
+        parts.append(f"val {loss_text(p['valid_loss'])}")
     if wide and p.get("tokens_per_second"):
         parts.append(f"{p['tokens_per_second']:.0f} tok/s")
     if stage := export_stage(p):

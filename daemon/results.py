@@ -6,15 +6,20 @@ Ollama is away) and again when the job is done, to add how it was registered.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon.humanize import loss_text
 from daemon.jobs import Job, JobStore
 from daemon.recipe import Recipe
 from daemon.worker import WORK_DIR
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("lorainbox.results")
 
@@ -53,31 +58,63 @@ def loss_series(
     return sorted(train.items()), sorted(valid.items())
 
 
-def plot_loss(job_dir: Path, title: str) -> Path | None:
-    train, valid = loss_series(read_metrics(job_dir))
-    if not train and not valid:
-        return None
-    import matplotlib
+LOG_SPAN = 20
+"""Losses spanning more than this factor are plotted on a log scale: on a linear one a fall
+from 5 to 0.001 is a flat line at zero after the first steps."""
+LOSS_ROWS = 20
+MAX_VALID_ROWS = 50
+"""Validation rows the loss table keeps at most, so a run that evaluates every few steps
+still gives a table a person reads."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+def y_scale(losses: list[float]) -> str:
+    """``"log"`` when the losses span more than :data:`LOG_SPAN` (and are all above zero,
+    which a log axis needs), else ``"linear"``."""
+    if not losses or min(losses) <= 0:
+        return "linear"
+    return "log" if max(losses) / min(losses) > LOG_SPAN else "linear"
+
+
+def loss_figure(
+    train: list[tuple[int, float]], valid: list[tuple[int, float]], title: str
+) -> Figure:
+    """The loss curves; a plain Figure, not pyplot, since results are written from the daemon's
+    threads and pyplot's global state is not thread-safe."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.add_subplot()
     if train:
         ax.plot(*zip(*train, strict=True), label="train", color="#2b6cb0", linewidth=1.6)
     if valid:
+        # Markers and a higher z-order keep a few validation points visible over the train line.
         ax.plot(
-            *zip(*valid, strict=True), label="valid", color="#dd6b20", marker="o", linewidth=1.6
+            *zip(*valid, strict=True),
+            label="valid",
+            color="#dd6b20",
+            marker="o",
+            markersize=4,
+            linewidth=1.6,
+            zorder=3,
         )
+    scale = y_scale([loss for _, loss in [*train, *valid]])
+    ax.set_yscale(scale)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (log scale)" if scale == "log" else "loss")
     ax.set_title(f"{title}: loss")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both" if scale == "log" else "major")
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_loss(job_dir: Path, title: str) -> Path | None:
+    """Write loss.png from the job's metrics; None when there are none yet."""
+    train, valid = loss_series(read_metrics(job_dir))
+    if not train and not valid:
+        return None
     out = job_dir / LOSS_PNG
-    fig.savefig(out)
-    plt.close(fig)
+    loss_figure(train, valid, title).savefig(out)
     return out
 
 
@@ -208,15 +245,35 @@ def _loss_section(job_dir: Path) -> list[str]:
     train, valid = loss_series(read_metrics(job_dir))
     if not train and not valid:
         return []
-    valid_at = dict(valid)
-    steps = sorted({s for s, _ in train} | set(valid_at))
-    if len(steps) > 20:
-        keep = {steps[round(i * (len(steps) - 1) / 19)] for i in range(20)}
-        steps = [s for s in steps if s in keep]
-    train_at = dict(train)
-    out = ["## Loss\n", "![loss](loss.png)\n", "| step | train | valid |", "|---:|---:|---:|"]
-    for s in steps:
-        t = f"{train_at[s]:.4f}" if s in train_at else ""
-        v = f"{valid_at[s]:.4f}" if s in valid_at else ""
+    return ["## Loss\n", "![loss](loss.png)\n", *loss_table(train, valid), ""]
+
+
+def loss_table(train: list[tuple[int, float]], valid: list[tuple[int, float]]) -> list[str]:
+    """The loss table's lines: every step with a validation loss (up to :data:`MAX_VALID_ROWS`),
+    then train-only steps spread evenly over the run to fill :data:`LOSS_ROWS` rows."""
+    train_at, valid_at = dict(train), dict(valid)
+    keep = _spread(sorted(valid_at), MAX_VALID_ROWS)
+    train_only = [s for s in sorted(train_at) if s not in valid_at]
+    keep |= _spread(train_only, max(LOSS_ROWS - len(keep), 0))
+    out = ["| step | train | valid |", "|---:|---:|---:|"]
+    for s in sorted(keep):
+        t = loss_text(train_at[s], 4) if s in train_at else ""
+        v = loss_text(valid_at[s], 4) if s in valid_at else ""
         out.append(f"| {s} | {t} | {v} |")
-    return [*out, ""]
+    return out
+
+
+def _spread(steps: list[int], n: int) -> set[int]:
+    """``n`` of the sorted ``steps``, those nearest to evenly spaced points from the first step
+    to the last; all of them when there are no more than ``n``."""
+    if len(steps) <= n:
+        return set(steps)
+    if n <= 1:
+        return set(steps[:n])
+    first, last = steps[0], steps[-1]
+    picked = set()
+    for i in range(n):
+        target = first + i * (last - first) / (n - 1)
+        j = bisect.bisect_left(steps, target)
+        picked.add(min(steps[max(j - 1, 0) : j + 1], key=lambda s: abs(s - target)))
+    return picked

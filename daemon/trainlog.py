@@ -9,19 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from daemon.humanize import EXPORT_STAGES, duration
-
-
-def _loss(value: float) -> str:
-    return f"{value:.4f}" if value >= 0.01 else f"{value:.2e}"
+from daemon.humanize import EXPORT_STAGES, duration, loss_text
 
 
 def _progress(f: dict[str, Any]) -> str:
     parts = [f"step {f.get('step')}/{f.get('total')}"]
     if f.get("train_loss") is not None:
-        parts.append(f"loss {_loss(f['train_loss'])}")
+        parts.append(f"loss {loss_text(f['train_loss'], 4)}")
     if f.get("valid_loss") is not None:
-        parts.append(f"valid loss {_loss(f['valid_loss'])}")
+        parts.append(f"valid loss {loss_text(f['valid_loss'], 4)}")
     if f.get("learning_rate") is not None:
         parts.append(f"lr {f['learning_rate']:.2e}")
     if f.get("tokens_per_second"):

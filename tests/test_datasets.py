@@ -317,6 +317,64 @@ def test_invalid_json_gives_the_column(tmp_path: Path) -> None:
     assert "column 14" in p.fix and "single line" in p.fix
 
 
+CUT = '{"messages": [{"role": "user", "content": "hello"}'  # 50 characters, cut short
+
+
+@pytest.mark.parametrize(
+    ("line", "ending", "what"),
+    [
+        (
+            CUT,
+            "\n",
+            "line 3 ends before its JSON object is complete: Expecting ',' delimiter (column 51)",
+        ),
+        (
+            CUT,
+            "\r\n",
+            "line 3 ends before its JSON object is complete: Expecting ',' delimiter (column 51)",
+        ),
+        (
+            '{"text": "Once upon',
+            "\n",
+            "line 3 ends before its JSON object is complete: Unterminated string starting (column 10)",
+        ),
+        (
+            '{"text": "Once upon',
+            "\r\n",
+            "line 3 ends before its JSON object is complete: Unterminated string starting (column 10)",
+        ),
+        (
+            '{"text": "a",',
+            "\r\n",
+            "line 3 ends before its JSON object is complete: Expecting property name enclosed in double quotes (column 14)",
+        ),
+        (
+            '{"text": "a",}',
+            "\n",
+            "line 3 is not valid JSON: Expecting property name enclosed in double quotes (column 14)",
+        ),
+        ('{"text": "a"},', "\r\n", "line 3 is not valid JSON: Extra data (column 14)"),
+        (
+            '\t{"text": "a" "b"}',
+            "\r\n",
+            "line 3 is not valid JSON: Expecting ',' delimiter (column 15)",
+        ),
+    ],
+)
+def test_broken_line_is_placed_at_its_line_and_column(
+    tmp_path: Path, line: str, ending: str, what: str
+) -> None:
+    """The column counts within the broken line itself, whatever the line endings; json alone
+    would place a line cut short at the start of the next line."""
+    body = "".join(
+        row + ending for row in [json.dumps(TEXT), json.dumps(TEXT), line, json.dumps(TEXT)]
+    )
+    p = only(make_drop(tmp_path, {"train.jsonl": body.encode()}))
+    assert p.what == what
+    assert p.where == "train.jsonl, line 3"
+    assert ("looks cut off" in p.fix) is ("ends before" in what)
+
+
 def test_pretty_printed_json_is_recognised(tmp_path: Path) -> None:
     drop = make_drop(tmp_path, {"train.jsonl": json.dumps([TEXT, TEXT], indent=2)})
     p = only(drop)

@@ -12,6 +12,7 @@ from rich.console import Console
 from daemon.cli import progress_text
 from daemon.events import JobChanged, JobProgress
 from daemon.hub import Hub
+from daemon.humanize import loss_text
 from daemon.jobs import JobStore, State
 from daemon.progress import ProgressView
 
@@ -50,6 +51,29 @@ def test_every_bar_fits_the_terminal_with_its_step_loss_and_time_left(width: int
     assert "1200/1200" in finished and "ETA" not in finished and "done" in finished
     wide = width >= 100
     assert ("621 tok/s" in training) is wide and ("val 0.455" in training) is wide
+
+
+@pytest.mark.parametrize(
+    ("loss", "text"),
+    [
+        (2.4567, "2.457"),
+        (0.412, "0.412"),
+        (0.01, "0.010"),
+        (0.0003, "3.00e-04"),
+        (0.000123456, "1.23e-04"),
+        (0.0, "0.000"),
+    ],
+)
+def test_small_losses_keep_three_significant_figures(loss: float, text: str) -> None:
+    assert loss_text(loss) == text
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_loss_near_zero_is_not_shown_as_zero(width: int) -> None:
+    late = {**TRAINING, "step": 1150, "train_loss": 0.0003, "valid_loss": 0.00041}
+    (line,) = render(width, [("pirate-bot", "training", late)])
+    assert "loss 3.00e-04" in line and "0.000" not in line and len(line) <= width
+    assert ("val 4.10e-04" in line) is (width >= 100)
 
 
 def test_after_training_the_bar_says_where_the_export_is() -> None:
