@@ -209,14 +209,21 @@ def export(trainer: Trainer, ctx: TrainContext, base: Path | None) -> None:
     try:
         stage("fusing")
         fused = trainer.fuse(ctx)
-        info = convert_to_gguf(fused, gguf_path, ctx.recipe.export.outtype, on_progress=stage)
+        info = convert_to_gguf(
+            fused,
+            gguf_path,
+            ctx.recipe.export.outtype,
+            on_progress=stage,
+            model_name=ctx.recipe.ollama_model,
+        )
     except (OSError, DropError) as e:
         if not is_disk_full(e):
             raise
         shutil.rmtree(ctx.fused_dir, ignore_errors=True)
         raise disk_full(ctx.job_dir, need, shutil.disk_usage(ctx.job_dir).free) from e
     shutil.rmtree(ctx.fused_dir, ignore_errors=True)  # a full copy of the model, no longer needed
-    ctx.emitter.emit("exported", gguf=str(gguf_path), info=info.as_dict())
+    # Named within the job's folder, which moves from Queue/ to Done/ after this.
+    ctx.emitter.emit("exported", gguf=GGUF_NAME, info={**info.as_dict(), "path": GGUF_NAME})
 
 
 def export_space_needed(base: Path | None) -> int:

@@ -49,6 +49,8 @@ def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:
         assert (done / name).exists(), name
     status = json.loads((done / "status.json").read_text())
     assert status["state"] == "done" and status["result"]["registered"] is False
+    assert status["result"]["gguf"] == "model.gguf"
+    assert status["result"]["gguf_info"]["name"] == "good"  # not the converter's "Fused"
     assert "- **Trained:** 12 steps with mlx on cpu" in (done / "report.md").read_text()
     log = (done / "train.log").read_text()
     for told in ("memory plan: batch", "step 12/12, loss", "training finished after 12 steps"):

@@ -83,12 +83,14 @@ def convert_to_gguf(
     *,
     on_progress: ProgressFn | None = None,
     log_path: Path | None = None,
+    model_name: str | None = None,
 ) -> GGUFInfo:
     """Convert a Hugging Face model folder to one GGUF file at ``out_path``.
 
     ``on_progress(stage, fraction)`` hears ``loading``, ``converting``, ``writing`` (with a
     fraction) and ``done``. The converter's full log goes to ``log_path`` when given, and next to
-    ``out_path`` as ``<name>.convert.log`` when the conversion fails.
+    ``out_path`` as ``<name>.convert.log`` when the conversion fails. ``model_name`` is the
+    GGUF's ``general.name`` (else the converter takes the folder's, "fused" for ours).
     """
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     if outtype not in OUTTYPES:
@@ -103,7 +105,7 @@ def convert_to_gguf(
         stale.unlink(missing_ok=True)
     partial = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        code, log = _run_converter(hf_dir, partial, outtype, on_progress)
+        code, log = _run_converter(hf_dir, partial, outtype, on_progress, model_name)
         if log_path is not None:
             Path(log_path).write_text(log)
         if code != 0 or not partial.exists():
@@ -296,12 +298,17 @@ def _check_source(hf_dir: Path) -> None:
 
 
 def _run_converter(
-    hf_dir: Path, out: Path, outtype: str, on_progress: ProgressFn | None
+    hf_dir: Path,
+    out: Path,
+    outtype: str,
+    on_progress: ProgressFn | None,
+    model_name: str | None = None,
 ) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "daemon.export.converter"]
     cmd += [NO_SPACE_PREFIX] if _no_space_prefix(hf_dir) else []
     cmd += [str(hf_dir)]
     cmd += ["--outfile", str(out), "--outtype", outtype]
+    cmd += ["--model-name", model_name] if model_name else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log: list[str] = []
     if on_progress:
