@@ -3,24 +3,42 @@
 It puts the example drop ``inbox/tiny-fact`` into a fresh demo inbox, runs the real daemon
 until the job ends, registers the model with Ollama if one answers at ``OLLAMA_HOST`` (and says
 plainly when none does), then asks the new model the fact it learned.
+
+Every run starts over, yet nothing a person put somewhere is deleted: the demo marks the folder
+it makes as its own (:data:`MARK`) and clears only a marked one.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
-from daemon.config import load_settings
-from daemon.jobs import State
+from daemon.config import Settings, load_settings
+from daemon.jobs import Job, State
 from daemon.progress import ProgressView
+
+if TYPE_CHECKING:
+    from daemon.service import Daemon
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "inbox" / "tiny-fact"
 VIA_NAMES = {"ollama": "Ollama", "llama.cpp": "llama.cpp"}
+MARK = ".lorainbox-demo"
+MARK_TEXT = (
+    "Made by `lorainbox demo`. Every demo run clears inbox/ and state/ here and starts over.\n"
+    "To keep them, delete this file: the demo then refuses to touch this folder.\n"
+)
 
 
 def first_question(drop: Path) -> tuple[str, str]:
@@ -35,19 +53,96 @@ def first_question(drop: Path) -> tuple[str, str]:
     raise ValueError(f"no example in {drop / 'train.jsonl'}")
 
 
+def something_in(folder: Path) -> Path | None:
+    """The first thing a person may have put in ``folder``: anything but empty folders."""
+    try:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_symlink() or not entry.is_dir():
+                return entry
+            if found := something_in(entry):
+                return found
+    except OSError:
+        return folder
+    return None
+
+
+def claim(directory: Path, settings: Settings) -> str | None:
+    """Make ``directory`` the demo's, clearing what an earlier demo left there; or say why not.
+
+    Only a folder carrying the demo's mark is cleared: an unmarked one with anything in it may
+    hold a person's files, and an inbox a daemon is watching is in use.
+    """
+    from daemon.service import DaemonLock
+
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is a file, not a folder; choose a folder with `lorainbox demo --dir`"
+    if pid := DaemonLock(settings.lock_path).holder():
+        return (
+            f"a daemon (pid {pid}) is running on {settings.inbox}, perhaps another demo; "
+            "let it finish or stop it, or choose another folder (`lorainbox demo --dir NEW`)"
+        )
+    mark = directory / MARK
+    if mark.is_file():
+        for d in (settings.inbox, settings.state_dir):
+            shutil.rmtree(d, ignore_errors=True)
+        return None
+    if directory.is_dir() and (found := something_in(directory)):
+        return (
+            f"{directory} already holds things the demo did not make (such as {found}), and the "
+            "demo clears its folder on every run; nothing was touched. Choose another folder "
+            "(`lorainbox demo --dir NEW`) or empty this one"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    mark.write_text(MARK_TEXT)
+    return None
+
+
+@contextmanager
+def stop_on_signals(daemon: Daemon, console: Console) -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM stop the daemon the way they stop ``lorainbox run``: its worker pauses
+    at a step boundary and exits with it. The daemon runs in a thread here, where it cannot set
+    these handlers itself, and without them its worker trained on, orphaned. Yields the signals
+    received."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not received:
+            console.print("Stopping: the training pauses at its next step, then the demo exits.")
+        received.append(signum)
+        daemon.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def next_steps(settings: Settings, job: Job) -> list[str]:
+    """Commands that look at the demo's result. The demo keeps its own inbox and state, so
+    each names both: with the inbox alone, ``status`` reads the person's own job store."""
+    env = (
+        f"LORAINBOX_INBOX={shlex.quote(str(settings.inbox))} "
+        f"LORAINBOX_STATE_DIR={shlex.quote(str(settings.state_dir))}"
+    )
+    return [f"{env} lorainbox chat {shlex.quote(job.model)}", f"{env} lorainbox status"]
+
+
 def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
     from daemon.chat import chat_once
     from daemon.logs import setup_logging
     from daemon.models import resolve_base_model
     from daemon.service import Daemon
 
-    console.rule("[bold]LoRA Inbox demo[/bold]")
     inbox, state = directory / "inbox", directory / "state"
-    for d in (inbox, state):  # the demo's own folders, made by the last demo run
-        shutil.rmtree(d, ignore_errors=True)
     settings = load_settings(
         None, inbox=inbox, state_dir=state, settle_seconds=0.5, tick_seconds=2.0
     )
+    if refusal := claim(directory, settings):
+        Console(stderr=True).print(f"[red]error:[/red] {escape(refusal)}", highlight=False)
+        return 1
+    console.rule("[bold]LoRA Inbox demo[/bold]")
     setup_logging(settings.log_dir, console=False)
     console.print(f"Demo inbox: {inbox}\nLog: {settings.log_dir / 'lorainbox.log'}")
     with console.status("Building the tiny base model (once; cached afterwards)…"):
@@ -62,10 +157,17 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
         f"Dropped [bold]{example.name}[/bold] into the inbox; the daemon takes it from here."
     )
 
-    with ProgressView(daemon.hub, console):
+    with ProgressView(daemon.hub, console), stop_on_signals(daemon, console) as received:
         runner = threading.Thread(target=daemon.run, name="daemon", daemon=True)
         runner.start()
         runner.join()
+    if received:
+        console.print(
+            f"Stopped before the job finished; it waits in {inbox / 'Queue'}. "
+            f"`lorainbox demo --dir {shlex.quote(str(directory))}` starts the demo over.",
+            markup=False,
+        )
+        return 128 + received[0]
 
     jobs = daemon.store.list(str(inbox))
     if not jobs:
@@ -113,4 +215,7 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
         if learned
         else "[yellow]The answer differs from what the drop taught.[/yellow]"
     )
+    console.print("\nTalk to it, and see the job (the demo keeps its own inbox and state):")
+    for command in next_steps(settings, job):
+        console.print(f"  {command}", soft_wrap=True, markup=False, highlight=False)
     return 0
