@@ -13,12 +13,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.humanize import duration, export_stage
-from daemon.jobs import Job, JobStore, State
+from daemon.jobs import Job, JobStore, State, refusal
 from daemon.logs import setup_logging
 
 app = typer.Typer(
@@ -26,8 +27,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # rich markup would eat `lorainbox[menubar]` in the help
 )
-agent_app = typer.Typer(help="The background agent (launchd on macOS, systemd on Linux).")
+agent_app = typer.Typer(
+    help="The background agent (launchd on macOS, systemd on Linux).",
+    rich_markup_mode="markdown",
+)
 app.add_typer(agent_app, name="agent")
 console = Console()
 err = Console(stderr=True)
@@ -43,8 +48,30 @@ def _settings(inbox: Path | None = None, config: Path | None = None) -> Settings
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    """Print an error (as plain text: messages quote TOML tables and paths in brackets)."""
+    err.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code)
+
+
+def _existing_path(path: Path, expected: str) -> Path:
+    """``path`` resolved, or an exit that says it does not exist (not that it is the wrong kind)."""
+    path = path.expanduser().resolve()
+    if not path.exists():
+        raise _fail(f"{path} does not exist; check the path: it should be {expected}")
+    return path
+
+
+def _checked_inbox(settings: Settings) -> Path:
+    """The inbox, or an exit when it (or a folder above it) is a file rather than a folder."""
+    inbox = settings.inbox.expanduser().resolve()
+    blocker = next((p for p in (inbox, *inbox.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "the inbox" if blocker == inbox else f"the inbox {inbox} cannot be made:"
+        raise _fail(
+            f"{where} {blocker} is a file, not a folder; give --inbox a folder "
+            "(or set LORAINBOX_INBOX / `inbox` in the config to one), or move that file away"
+        )
+    return inbox
 
 
 @app.command()
@@ -59,6 +86,7 @@ def run(
     from daemon.service import AlreadyRunning, Daemon
 
     settings = _settings(inbox, config)
+    _checked_inbox(settings)
     setup_logging(settings.log_dir, console=True)
     daemon = Daemon(settings, once=once)
     try:
@@ -89,6 +117,11 @@ def status(
     if web:
         _open_status_page(settings)
         return
+    if not all_inboxes and not _checked_inbox(settings).exists():
+        raise _fail(
+            f"the inbox {settings.inbox} does not exist yet; `lorainbox run` (or "
+            "`lorainbox agent install`, or `lorainbox submit FOLDER`) makes it"
+        )
     store = JobStore(settings.db_path)
     jobs = store.list(None if all_inboxes else str(settings.inbox))
     if as_json:
@@ -98,7 +131,7 @@ def status(
 
     pid = DaemonLock(settings.lock_path).holder()
     console.print(
-        f"[bold]LoRA Inbox[/bold] {__version__} — inbox {settings.inbox} — daemon "
+        f"[bold]LoRA Inbox[/bold] {_version()} — inbox {escape(str(settings.inbox))} — daemon "
         + (f"[green]running[/green] (pid {pid})" if pid else "[yellow]not running[/yellow]")
     )
     _print_jobs(jobs)
@@ -128,7 +161,9 @@ def _print_jobs(jobs: list[Job]) -> None:
     for col in ("id", "name", "state", "progress", "folder"):
         table.add_column(col)
     for j in jobs:
-        table.add_row(str(j.id), j.name, _state_text(j), progress_text(j), _short(j.folder))
+        table.add_row(
+            str(j.id), escape(j.name), _state_text(j), progress_text(j), escape(_short(j.folder))
+        )
     console.print(table)
 
 
@@ -148,9 +183,9 @@ def _state_text(j: Job) -> str:
     style = _STATE_STYLE.get(j.state.value, "white")
     text = f"[{style}]{j.state.value}[/{style}]"
     if j.waiting_for and j.state in (State.WAITING, State.PAUSED, State.REGISTERING):
-        text += f": {j.waiting_for}"
+        text += f": {escape(j.waiting_for)}"
     elif j.state == State.FAILED and j.error:
-        text += f": {j.error[:60]}"
+        text += f": {escape(j.error[:60])}"
     return text
 
 
@@ -189,13 +224,16 @@ def submit(
 ) -> None:
     """Put a folder into the inbox (copied, so the original stays where it is)."""
     settings = _settings(inbox, config)
-    src = path.expanduser().resolve()
+    src = _existing_path(path, "a drop folder (recipe.toml and data)")
     if not src.is_dir():
         raise _fail(f"{src} is not a folder; a drop is a folder with recipe.toml and data")
     from daemon.inbox import InboxLayout
 
-    layout = InboxLayout(settings.inbox)
-    layout.create()
+    layout = InboxLayout(_checked_inbox(settings))
+    try:
+        layout.create()
+    except OSError as e:
+        raise _fail(f"could not make the inbox {settings.inbox}: {e.strerror}") from None
     # Copy under a hidden name first, so the watcher never sees half a drop.
     staging = Path(
         tempfile.mkdtemp(prefix=f".{src.name}.", suffix=".submitting", dir=settings.inbox)
@@ -214,7 +252,7 @@ def submit(
         kept = f"; what was moved so far is in {staging}" if staging.exists() else ""
         raise _fail(f"could not move {src} into the inbox: {e}{kept}") from None
     dest = layout.move(staging, settings.inbox, src.name)
-    console.print(f"Submitted [bold]{src.name}[/bold] as {dest}")
+    console.print(f"Submitted [bold]{escape(src.name)}[/bold] as {escape(str(dest))}")
 
 
 @app.command()
@@ -227,7 +265,8 @@ def train(
 
     settings = _settings(None, config)
     setup_logging(settings.log_dir, console=False)
-    raise typer.Exit(train_foreground(path.expanduser().resolve(), settings, console))
+    drop = _existing_path(path, "a drop folder (recipe.toml and data)")
+    raise typer.Exit(train_foreground(drop, settings, console))
 
 
 def _job_or_exit(store: JobStore, ref: str, settings: Settings) -> Job:
@@ -243,10 +282,14 @@ def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> 
     settings = _settings(inbox, config)
     store = JobStore(settings.db_path)
     job = _job_or_exit(store, ref, settings)
+    if why := refusal(job, action):
+        raise _fail(why)
     store.request(job.id, action)
     pid = DaemonLock(settings.lock_path).holder()
     if pid:
-        console.print(f"Asked the daemon (pid {pid}) to {action} job {job.id} {job.name}.")
+        console.print(
+            f"Asked the daemon (pid {pid}) to {action} job {job.id} {job.name}.", markup=False
+        )
         return
     from daemon.service import Daemon
 
@@ -258,7 +301,7 @@ def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> 
     finally:
         daemon.lock.release()
     job = store.get(job.id)
-    console.print(f"Job {job.id} {job.name} is now {job.state.value} ({job.folder}).")
+    console.print(f"Job {job.id} {job.name} is now {job.state.value} ({job.folder}).", markup=False)
 
 
 @app.command()
@@ -334,9 +377,12 @@ def recipes(config: ConfigOpt = None, inbox: InboxOpt = None) -> None:
         origin = "built-in" if path.parent == BUILTIN_RECIPES else _short(path)
         try:
             r = load_recipe(path, search_dirs=dirs, defaults={"name": name})
-            table.add_row(name, r.kind, r.base_model, recipe_summary(path, r), origin)
+            row = (name, r.kind, r.base_model, recipe_summary(path, r), origin)
+            table.add_row(*map(escape, row))
         except Exception as e:  # a broken user recipe should not hide the others
-            table.add_row(name, "[red]invalid[/red]", "", str(e)[:120], origin)
+            table.add_row(
+                escape(name), "[red]invalid[/red]", "", escape(str(e)[:120]), escape(origin)
+            )
     console.print(table)
 
 
@@ -376,23 +422,36 @@ def register(
 
     from daemon.errors import DropError
     from daemon.ollama import (
+        InvalidOllamaSetting,
         OllamaClient,
         OllamaError,
         OllamaUnavailable,
+        quantize_type,
         register_model,
         validate_model_name,
     )
 
-    path = gguf.expanduser().resolve()
+    path = _existing_path(gguf, "the model.gguf in a results folder")
     if not path.is_file():
-        raise _fail(f"{path} is not a file")
+        raise _fail(f"{path} is not a file; register takes the model.gguf from a results folder")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise _fail(
+                f"{path} is not a GGUF file (it does not start with the GGUF magic); "
+                "register takes the model.gguf from a results folder"
+            )
     try:
         validate_model_name(name, where="--name")
     except (ValueError, DropError) as e:
         raise _fail(str(e)) from None
+    q = None if quantize in (None, "", "none") else quantize
+    try:
+        quantize_type(q)
+    except InvalidOllamaSetting as e:
+        p = e.problems[0]
+        raise _fail(f"--quantize: {p.what}; {p.fix}") from None
     settings = _settings()
     client = OllamaClient(settings.ollama_host)
-    q = None if quantize in (None, "", "none") else quantize
     try:
         with console.status("registering with Ollama…") as st:
             result = register_model(
@@ -407,14 +466,14 @@ def register(
                 on_status=lambda s: st.update(f"Ollama: {s.get('status', s)}"),
             )
     except OllamaUnavailable as e:
-        raise _fail(
-            f"Ollama is not answering at {client.base_url}: {e}. Start it (`ollama serve`)"
-        ) from None
+        raise _fail(f"{e}; start it (`ollama serve`) and register again") from None
     except OllamaError as e:
         raise _fail(f"Ollama refused: {e}") from None
     except DropError as e:
         raise _fail(str(e)) from None
-    console.print(f"Registered [bold]{result.latest}[/bold] — try `ollama run {name}`")
+    console.print(
+        f"Registered [bold]{escape(result.latest)}[/bold] — try `ollama run {escape(name)}`"
+    )
 
 
 @app.command()
@@ -443,7 +502,7 @@ def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
         report = launchd.install(settings=settings)
     except launchd.AgentError as e:
         raise _fail(str(e)) from None
-    console.print(report.message)
+    console.print(report.message, markup=False)
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -452,7 +511,7 @@ def agent_uninstall() -> None:
     """Stop the daemon and remove it from login."""
     from daemon import launchd
 
-    console.print(launchd.uninstall().message)
+    console.print(launchd.uninstall().message, markup=False)
 
 
 @agent_app.command("status")
@@ -460,7 +519,7 @@ def agent_status() -> None:
     """Whether the agent is installed and running."""
     from daemon import launchd
 
-    console.print(launchd.status().message)
+    console.print(launchd.status().message, markup=False)
 
 
 @agent_app.command("plist")
@@ -483,13 +542,35 @@ def menubar() -> None:
     raise typer.Exit(menubar_main())
 
 
+def _version() -> str:
+    """The installed package's version; the source's when run from a checkout not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lorainbox")
+    except PackageNotFoundError:
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"lorainbox {_version()}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,  # before Typer asks for a command
+        ),
+    ] = False,
 ) -> None:
-    if version:
-        print(__version__)
-        raise typer.Exit(0)
+    pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,13 @@ pauses it at a checkpoint, and running the command again resumes.
 
 from __future__ import annotations
 
+import shlex
 import threading
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from daemon.config import Settings
 from daemon.errors import DropError
@@ -35,13 +38,14 @@ from daemon.supervisor import (
 
 def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
     if not drop.is_dir():
-        console.print(f"[red]error:[/red] {drop} is not a folder")
+        _error(console, f"{drop} is not a folder")
         return 2
     if drop.parent == settings.inbox.expanduser().resolve():
-        console.print(
-            f"[red]error:[/red] {drop} is in the inbox, where the daemon takes it in and trains "
-            "it itself (and would train it again after this). Move it out of the inbox to train "
-            'it here now, or let the daemon run it at once with `[schedule] when = "now"`.'
+        _error(
+            console,
+            f"{drop} is in the inbox, where the daemon takes it in and trains it itself (and "
+            "would train it again after this). Move it out of the inbox to train it here now, "
+            'or let the daemon run it at once with `[schedule] when = "now"`.',
         )
         return 2
     store = JobStore(settings.db_path)
@@ -50,7 +54,7 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
     try:
         recipe = intake.check(drop, drop.name)
     except DropError as e:
-        console.print(e.markdown())
+        console.print(problems_text(e, "This drop could not be trained", drop))
         return 2
     job = next(
         (j for j in store.list(str(drop.parent)) if j.path == str(drop) and not j.state.finished),
@@ -82,20 +86,44 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
         console.print(f"Paused at step {o.paused_step}. Run the same command again to resume.")
         return 0
     if job.state == State.FAILED and o.code != EXIT_OK:
-        console.print(_worker_error(o).markdown("Training failed"))
+        console.print(problems_text(_worker_error(o), "Training failed", drop))
         return 1
     if job.state == State.FAILED:
-        console.print(f"[red]Ollama refused the model:[/red] {job.error}")
+        console.print(f"[red]Ollama refused the model:[/red] {escape(job.error or '')}")
         return 1
-    console.print(f"[green]Done.[/green] Results in {drop} (report.md, loss.png, Modelfile).")
+    console.print(
+        f"[green]Done.[/green] Results in {escape(str(drop))} (report.md, loss.png, Modelfile)."
+    )
     if job.result.get("registered"):
-        console.print(f"Try it: `ollama run {job.model}`")
+        console.print(f"Try it: `ollama run {job.model}`", markup=False)
     elif job.model and recipe.export.gguf:
         console.print(
             f"Ollama did not answer, so the model is not registered. Later: "
-            f"`lorainbox register {drop / 'model.gguf'} --name {job.model}`"
+            f"`lorainbox register {drop / 'model.gguf'} --name {job.model}`",
+            markup=False,
         )
     return 0
+
+
+def _error(console: Console, message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}")
+
+
+def problems_text(error: DropError, title: str, drop: Path) -> Text:
+    """What, where and how to fix, for a terminal: ERROR.md's Markdown and its advice to move
+    the folder back into the inbox are for the daemon's drops, not for ``lorainbox train``."""
+    text = Text(title, style="bold red")
+    numbered = len(error.problems) > 1
+    for i, p in enumerate(error.problems, 1):
+        text.append(f"\n\nProblem {i}" if numbered else "\n")
+        for label, value in (("What", p.what), ("Where", p.where), ("How to fix", p.fix)):
+            text.append(f"\n  {label}: ", style="bold")
+            text.append(value)
+    text.append(
+        f"\n\nNothing was deleted. Fix it, then run `lorainbox train {shlex.quote(str(drop))}` "
+        "again."
+    )
+    return text
 
 
 def _worker_error(o: Outcome) -> DropError:

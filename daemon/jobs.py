@@ -299,3 +299,28 @@ def write_status_file(job: Job) -> None:
     }
     with contextlib.suppress(OSError):  # a missing or full folder: SQLite holds the truth
         atomic.write_text(folder / "status.json", json.dumps(data, indent=2) + "\n")
+
+
+_PAUSABLE = (State.QUEUED, State.WAITING, State.TRAINING, State.PAUSED)
+
+
+def refusal(job: Job, action: str) -> str | None:
+    """Why ``action`` doesn't apply to ``job`` in its state, or None when it does.
+
+    Mirrors what the daemon does with a request (``Daemon._apply_request``), so the API can say
+    409 and the command line refuse now, instead of the request silently doing nothing later.
+    """
+    s = job.state
+    named = f"job {job.id} {job.name}"
+    if action == "cancel" and s.finished:
+        return f"{named} is already {s.value}; there is nothing to cancel"
+    if action == "pause":
+        if s == State.PAUSED and job.held:
+            return f"{named} is already paused by you; resume it instead"
+        if s not in _PAUSABLE:
+            return f"{named} is {s.value}; only a queued, waiting or training job pauses"
+    if action == "resume" and s != State.PAUSED:
+        return f"{named} is {s.value}, not paused; only a paused job resumes"
+    if action == "retry" and s not in (State.FAILED, State.CANCELLED):
+        return f"{named} is {s.value}; only a failed or cancelled job can be retried"
+    return None

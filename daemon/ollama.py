@@ -492,7 +492,7 @@ def register_model(
     info = inspect_gguf(gguf)
     notes: list[str] = []
 
-    wanted = _quantize_type(quantize)
+    wanted = quantize_type(quantize)
     if wanted and info.quantized:
         notes.append(
             f"kept {info.file_type}: the GGUF is already quantized, and Ollama only quantizes "
@@ -561,7 +561,7 @@ def register_model(
     )
 
 
-def _quantize_type(quantize: str | None) -> str | None:
+def quantize_type(quantize: str | None) -> str | None:
     if not quantize or quantize.strip().lower() == "none":
         return None
     q = quantize.strip().upper()

@@ -94,4 +94,4 @@ class Registrar:
         self._next[job.id] = (time.monotonic() + delay, delay)
         reason = f"Ollama not answering at {self.host}; next try in {int(delay)} s"
         self.store.update(job.id, waiting_for=reason, mirror=True)
-        log.info("job %d: %s (%s)", job.id, reason, message)
+        log.info("job %d: %s; next try in %d s", job.id, message, int(delay))

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from daemon import __version__
 from daemon.config import Settings
 from daemon.humanize import duration, export_stage
-from daemon.jobs import ACTIONS, Job, JobStore, State
+from daemon.jobs import ACTIONS, Job, JobStore, State, refusal
 from daemon.results import loss_series, read_metrics
 from daemon.sensors.base import Readings
 
@@ -56,7 +56,6 @@ SECURITY_HEADERS = {
 }
 _JOB = re.compile(r"/api/jobs/(\d+)")
 _ACTION = re.compile(r"/api/jobs/(\d+)/([a-z]+)")
-_PAUSABLE = (State.QUEUED, State.WAITING, State.TRAINING, State.PAUSED)
 
 
 # -- the token -------------------------------------------------------------------------------
@@ -96,27 +95,6 @@ def page_url(port: int, token: str | None = None) -> str:
 
 
 # -- what the API says about jobs --------------------------------------------------------------
-
-
-def refusal(job: Job, action: str) -> str | None:
-    """Why ``action`` doesn't apply to ``job`` in its state, or None when it does.
-
-    Mirrors what the daemon does with a request (``Daemon._apply_request``), so the API can say
-    409 now instead of the request silently doing nothing later.
-    """
-    s = job.state
-    if action == "cancel" and s.finished:
-        return f"job {job.id} is already {s.value}; there is nothing to cancel"
-    if action == "pause":
-        if s == State.PAUSED and job.held:
-            return f"job {job.id} is already paused by you; resume it instead"
-        if s not in _PAUSABLE:
-            return f"job {job.id} is {s.value}; only a queued, waiting or training job pauses"
-    if action == "resume" and s != State.PAUSED:
-        return f"job {job.id} is {s.value}, not paused; only a paused job resumes"
-    if action == "retry" and s not in (State.FAILED, State.CANCELLED):
-        return f"job {job.id} is {s.value}; only a failed or cancelled job can be retried"
-    return None
 
 
 def eta_text(job: Job) -> str | None:

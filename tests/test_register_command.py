@@ -30,18 +30,32 @@ def test_register_uploads_the_gguf_and_ollama_answers_with_it(
 
 
 def test_register_says_what_is_wrong_and_how_to_fix_it(tmp_path: Path, tiny_gguf: Path) -> None:
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"not a gguf at all")
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello\n")
+    binary = tmp_path / "broken.gguf"
+    binary.write_bytes(bytes(range(256)))
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(tiny_gguf.read_bytes()[:64])
+    not_gguf = ["is not a GGUF file", "GGUF magic", "model.gguf from a results folder"]
     cases = {
         "bad name": ((tiny_gguf, "--name", "Pirate Bot!"), ["--name", "letters, digits"]),
-        "no file": ((tmp_path / "none.gguf", "--name", "x"), ["is not a file"]),
-        "not a gguf": ((broken, "--name", "x"), ["not a readable GGUF", "export the model again"]),
-        "no ollama": ((tiny_gguf, "--name", "x"), ["not answering", "ollama serve"]),
+        "no file": ((tmp_path / "none.gguf", "--name", "x"), ["none.gguf does not exist"]),
+        "a folder": ((tmp_path, "--name", "x"), ["is not a file"]),
+        "text": ((text, "--name", "x"), not_gguf),
+        "not a gguf": ((binary, "--name", "x"), not_gguf),
+        "damaged": ((damaged, "--name", "x"), ["not a readable GGUF", "export the model again"]),
+        "bad quantize": (
+            (tiny_gguf, "--name", "x", "--quantize", "q5_weird"),
+            ["--quantize", "q5_weird", "Q4_K_M", "Q8_0"],
+        ),
+        "no ollama": ((tiny_gguf, "--name", "x"), ["not reachable", "ollama serve"]),
     }
     for case, (args, words) in cases.items():
         done = register(*args)
         assert done.returncode == 1, (case, done.stdout, done.stderr)
         message = " ".join(done.stderr.split())
         assert "Traceback" not in done.stderr, case
+        assert "recipe.toml" not in message and "dtype" not in message, (case, message)
         for word in words:
             assert word in message, (case, word, message)
+        assert message.count("127.0.0.1:9") <= 1, (case, message)  # said once

@@ -48,3 +48,9 @@ def test_submit_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
     done = submit(lone, inbox=tmp_path / "inbox")
     assert done.returncode == 1 and lone.is_file()
     assert "is not a folder" in done.stderr and "recipe.toml" in done.stderr
+
+
+def test_submit_says_a_missing_folder_does_not_exist(tmp_path: Path) -> None:
+    done = submit(tmp_path / "nope", inbox=tmp_path / "inbox")
+    assert done.returncode == 1 and not (tmp_path / "inbox").exists()
+    assert "does not exist" in done.stderr and "is not a folder" not in done.stderr

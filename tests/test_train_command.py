@@ -53,6 +53,30 @@ def test_a_bad_recipe_is_refused_with_where_and_how_and_the_drop_is_kept(tmp_pat
     assert sorted(p.name for p in drop.iterdir()) == before
 
 
+def test_a_recipe_problem_reads_plainly_and_keeps_its_brackets(tmp_path: Path) -> None:
+    drop = drop_with(
+        tmp_path,
+        "typo",
+        'extends = "tiny-demo"\n[train]\niter = 3\n',
+        {"train.jsonl": chat_lines()},
+    )
+    done = train(drop)
+    assert done.returncode == 2
+    message = " ".join(done.stdout.split())
+    assert "unknown key `iter` in [train]" in message
+    assert "What:" in message and "Where:" in message and "How to fix:" in message
+    assert f"run `lorainbox train {drop}` again" in message
+    assert "**" not in message and "# " not in message and "retry NAME" not in message
+
+
+def test_a_path_that_does_not_exist_is_said_so(tmp_path: Path) -> None:
+    done = train(tmp_path / "nope")
+    assert done.returncode == 1
+    assert (
+        "does not exist" in " ".join(done.stderr.split()) and "is not a folder" not in done.stderr
+    )
+
+
 def test_ctrl_c_pauses_at_a_checkpoint_and_the_same_command_resumes(tmp_path: Path) -> None:
     drop = fast_drop(tmp_path, "long", iters=80, save_every=1000)
     store = JobStore(Path(os.environ["LORAINBOX_STATE_DIR"]) / "jobs.sqlite")
