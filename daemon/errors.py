@@ -7,6 +7,7 @@ The same text goes to the drop's ``ERROR.md``, the notification and the log.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,17 @@ class DropError(Exception):
     @classmethod
     def one(cls, what: str, where: str, fix: str) -> DropError:
         return cls(Problem(what, where, fix))
+
+    def moved(self, old: Path, new: Path) -> DropError:
+        """The same problems, their paths inside ``old`` now inside ``new`` (the folder moved
+        from Queue/ to Failed/ after they were found)."""
+
+        def there(text: str) -> str:
+            return text.replace(str(old), str(new))
+
+        return DropError(
+            [Problem(there(p.what), there(p.where), there(p.fix)) for p in self.problems]
+        )
 
     def markdown(self, title: str = "This drop could not be trained") -> str:
         parts = [f"# {title}\n"]

@@ -149,9 +149,15 @@ class Intake:
         return None
 
     def _reject(self, drop: Path, name: str, error: DropError) -> None:
+        """Move the drop to Failed/ with its ERROR.md, and keep it as a failed job, so that
+        ``lorainbox status`` lists it and ``lorainbox retry NAME`` takes it in again."""
         failed = self.layout.move(drop, self.layout.failed)
+        error = error.moved(drop, failed)
         write_error_file(failed, error.markdown())
         log.warning("rejected %s -> %s: %s", name, failed, error)
+        job = self.store.add(self.layout.root, name, failed)
+        self.store.transition(job.id, State.FAILED, detail=str(error), error=str(error))
+        self.hub.publish(JobChanged(job.id, name, State.FAILED.value, None, str(error)))
         self.hub.publish(DropRejected(name, failed, str(error)))
         return None
 

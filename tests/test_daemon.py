@@ -74,5 +74,20 @@ def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:
     assert (inbox / "Failed" / "loose-file" / "loose-file.txt").read_text() == "not a folder"
     assert sorted(p.name for p in inbox.iterdir()) == ["Done", "Failed", "Queue"]
 
+    for name in expected:
+        assert f"Queue/{name}" not in (inbox / "Failed" / name / "ERROR.md").read_text(), name
+
     listing = json.loads(lorainbox("status", "--json", "--inbox", str(inbox)).stdout)
-    assert [(j["name"], j["state"]) for j in listing] == [("good", "done")]
+    states = {j["name"]: j["state"] for j in listing}
+    refused = {name: "failed" for name in expected if name != "loose-file"}  # a file, no drop
+    assert states == {"good": "done", **refused}
+
+    # A refused drop is a failed job: fixed where it lies, `retry` takes it in again.
+    (inbox / "Failed" / "unknown-key" / "recipe.toml").write_text(
+        'extends = "tiny-demo"\n[lora]\nrank = 4\n'
+    )
+    retried = lorainbox("retry", "unknown-key", "--inbox", str(inbox))
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "is now queued" in retried.stdout
+    assert (inbox / "Queue" / "unknown-key" / "recipe.toml").is_file()
+    assert not (inbox / "Queue" / "unknown-key" / "ERROR.md").exists()
