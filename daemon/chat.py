@@ -6,6 +6,8 @@ yet (the GGUF waits in ``Done/`` for it), so the answer says which way it came.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Any, Literal
 
 from daemon.errors import DropError
 from daemon.export.gguf import inspect_gguf, stop_tokens
-from daemon.ollama import OllamaClient, OllamaModelNotFound, OllamaUnavailable
+from daemon.ollama import OllamaClient, OllamaError, OllamaModelNotFound, OllamaUnavailable
 
 Via = Literal["ollama", "llama.cpp"]
 TokenFn = Callable[[str], None]
@@ -40,8 +42,8 @@ def find_gguf(name_or_path: str | Path, results: Iterable[Path] | None = None) -
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    if path.is_dir():
-        return _gguf_in(path)
+    if path.is_dir() and (found := _gguf_in(path)):
+        return found  # a folder without one (the drop a job was made from) is not the end
     base = str(name_or_path).split(":")[0].rsplit("/", 1)[-1].lower()
     for folder in _results_dirs(results):
         if not folder.is_dir():
@@ -155,6 +157,7 @@ class ChatSession:
         self._gguf = Path(gguf) if gguf is not None else None
         self._local: _LlamaCpp | None = None
         self._note: str | None = None
+        self._ollama_up = False
 
     def ask(self, prompt: str, *, on_token: TokenFn | None = None) -> ChatAnswer:
         messages = [*self.history, {"role": "user", "content": prompt}]
@@ -181,6 +184,7 @@ class ChatSession:
             return None
         except OllamaModelNotFound:
             self._note = f"Ollama at {client.base_url} has no model {self.target}"
+            self._ollama_up = True
             return None
         return ChatAnswer(text, "ollama", self.target)
 
@@ -201,13 +205,32 @@ class ChatSession:
 
     def _nowhere(self) -> DropError:
         why = self._note or f"{self.target} is not a GGUF file"
+        known = self._known_models()
+        close = difflib.get_close_matches(self.target.split(":")[0], known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        listing = f"models here: {', '.join(known[:12])}. " if known else ""
+        if self._client is not None and self._ollama_up:
+            act = f"register it (`lorainbox register model.gguf --name {self.target}`)"
+        else:
+            act = "start Ollama (`ollama serve`) and register the model"
         places = ", ".join(str(p) for p in _results_dirs(self._results))
         return DropError.one(
             f"cannot chat with {self.target}: {why}, and no GGUF for it was found",
-            f"results folders: {places}",
-            "start Ollama (`ollama serve`) and register the model, or pass the path of a "
-            ".gguf file or of the model's results folder",
+            f"Ollama and the results folders ({places})",
+            f"{hint}{listing}Or {act}, or pass the path of a .gguf file or of the model's "
+            "results folder",
         )
+
+    def _known_models(self) -> list[str]:
+        """Names a person could have meant: Ollama's models, and results folders with a GGUF."""
+        names: set[str] = set()
+        if self._client is not None and self._ollama_up:
+            with contextlib.suppress(OllamaError):
+                names |= {m["name"].split(":")[0] for m in self._client.tags()}  # no versions
+        for folder in _results_dirs(self._results):
+            if folder.is_dir():
+                names |= {c.name for c in folder.iterdir() if c.is_dir() and _gguf_in(c)}
+        return sorted(names)
 
 
 def chat_once(

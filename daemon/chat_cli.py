@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from daemon.chat import ChatSession
 from daemon.config import Settings
 from daemon.errors import DropError
+from daemon.jobs import JobStore
 
 
 def _prompts(console: Console) -> Iterator[str]:
@@ -23,8 +26,21 @@ def _prompts(console: Console) -> Iterator[str]:
             yield text
 
 
+def _job_gguf(target: str, settings: Settings) -> Path | None:
+    """The GGUF of the job that ``target`` names (by job, folder or model name), if it has one:
+    a recipe's ``name`` names the model, not the folder the GGUF is in."""
+    job = JobStore(settings.db_path).find(target.removesuffix(":latest"), settings.inbox)
+    gguf = job.folder / "model.gguf" if job is not None else None
+    return gguf if gguf is not None and gguf.is_file() else None
+
+
 def chat_command(target: str, prompt: str | None, settings: Settings, console: Console) -> int:
-    session = ChatSession(target, host=settings.ollama_host, results=[settings.inbox / "Done"])
+    session = ChatSession(
+        target,
+        host=settings.ollama_host,
+        results=[settings.inbox / "Done"],
+        gguf=_job_gguf(target, settings),
+    )
     told: set[str] = set()
 
     def ask(text: str) -> None:
@@ -45,6 +61,7 @@ def chat_command(target: str, prompt: str | None, settings: Settings, console: C
         for text in _prompts(console):
             ask(text)
     except DropError as e:
-        console.print(f"[red]error:[/red] {e}")
+        for p in e.problems:  # what and how first: where is the least of it here
+            console.print(f"[red]error:[/red] {escape(p.what)}\n{escape(p.fix)}")
         return 1
     return 0

@@ -484,11 +484,13 @@ def chat(
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Ask one question and exit.")
     ] = None,
+    inbox: InboxOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Talk to a trained model (through Ollama; through llama.cpp on the GGUF when Ollama is away)."""
     from daemon.chat_cli import chat_command
 
-    settings = _settings()
+    settings = _settings(inbox, config)
     raise typer.Exit(chat_command(name, prompt, settings, console))
 
 

@@ -184,18 +184,20 @@ class JobStore:
         return Job.from_row(row)
 
     def find(self, ref: str, inbox: Path | None = None) -> Job | None:
-        """A job by id, or the newest job of that name."""
+        """A job by id, or the newest job of that name, or else of that model name (a recipe's
+        ``name`` names the model, the folder names the job)."""
         if ref.isdigit():
             try:
                 return self.get(int(ref))
             except KeyError:
                 return None
-        sql, args = "SELECT * FROM jobs WHERE name = ?", [ref]
+        sql, args = "SELECT * FROM jobs WHERE (name = ? OR model = ?)", [ref, ref]
         if inbox is not None:
             sql += " AND inbox = ?"
             args.append(str(inbox))
+        order = " ORDER BY name = ? DESC, id DESC LIMIT 1"
         with self._lock:
-            row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+            row = self._db.execute(sql + order, [*args, ref]).fetchone()
         return Job.from_row(row) if row else None
 
     def list(self, inbox: Path | None = None, states: tuple[State, ...] | None = None) -> list[Job]:

@@ -10,6 +10,18 @@ from pathlib import Path
 LOG_FILE = "lorainbox.log"
 
 
+class KnownNoise(logging.Filter):
+    """Drops two harmless lines that read as alarms: watchdog's ERROR when a watch is removed
+    while its thread reads (the inbox removes a drop's inner watch as it hands the drop over),
+    and APScheduler's skipped tick while the last one still runs (the next tick catches up)."""
+
+    NOISE = ("called when the thread is inactive", "maximum number of running instances reached")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self.NOISE)
+
+
 def setup_logging(log_dir: Path, *, console: bool, level: int = logging.INFO) -> Path:
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / LOG_FILE
@@ -31,6 +43,8 @@ def setup_logging(log_dir: Path, *, console: bool, level: int = logging.INFO) ->
                 logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
             )
             root.addHandler(stream)
+    for handler in root.handlers:  # on handlers: a logger's filter misses its children's lines
+        handler.addFilter(KnownNoise())
     for noisy in ("apscheduler", "httpx", "httpcore", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path

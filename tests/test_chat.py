@@ -116,9 +116,59 @@ def test_find_gguf(results: Path, tiny_gguf: Path) -> None:
     assert find_gguf("other-bot", [results]) is None
 
 
+def test_a_folder_here_without_a_gguf_does_not_hide_the_result(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drop a job was made from, in the current folder, has the model's name too."""
+    (tmp_path / "here" / "tiny-bot").mkdir(parents=True)
+    (tmp_path / "here" / "tiny-bot" / "train.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path / "here")
+    assert find_gguf("tiny-bot", [results]) == results / "tiny-bot" / "model.gguf"
+
+
+def test_an_unknown_name_with_ollama_up_suggests_the_models_there(
+    fake_ollama: FakeOllama, results: Path, tiny_gguf: Path
+) -> None:
+    client = OllamaClient(fake_ollama.url)
+    register_model(client, tiny_gguf, "pirate-bot")
+    with pytest.raises(DropError) as err:
+        chat_once("pirate-bto", "Hello", client=client, results=[results])
+    problem = err.value.problems[0]
+    assert "has no model pirate-bto" in problem.what
+    assert problem.fix.startswith("did you mean pirate-bot? models here: pirate-bot, tiny-bot.")
+    assert "register it" in problem.fix and "ollama serve" not in problem.fix
+
+
 def test_no_ollama_and_no_gguf_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(DropError) as err:
         chat_once("ghost-bot", "Hello", client=dead_client(), results=[tmp_path])
     problem = err.value.problems[0]
     assert "ghost-bot" in problem.what and "not running" in problem.what
     assert "ollama serve" in problem.fix
+
+
+def test_chat_command_finds_a_model_by_its_recipe_name(tiny_gguf: Path, tmp_path: Path) -> None:
+    """Folder ``good``, recipe ``name = "good-one"``: `lorainbox chat good-one` with Ollama away
+    answers from the job's GGUF."""
+    import os
+
+    from daemon.jobs import JobStore
+    from tests.daemon_proc import lorainbox
+
+    inbox = tmp_path / "inbox"
+    folder = inbox / "Done" / "good"
+    folder.mkdir(parents=True)
+    shutil.copy(tiny_gguf, folder / "model.gguf")
+    store = JobStore(Path(os.environ["LORAINBOX_STATE_DIR"]) / "jobs.sqlite")
+    store.add(inbox, "good", folder, model="good-one")
+    done = lorainbox(
+        "chat",
+        "good-one",
+        "-p",
+        "Hello",
+        "--inbox",
+        inbox,
+        OLLAMA_HOST=f"http://127.0.0.1:{free_port()}",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "answered by llama.cpp" in done.stdout and str(folder / "model.gguf") in done.stdout

@@ -54,6 +54,16 @@ def test_find_by_name_or_id_and_filter(store: JobStore, tmp_path: Path) -> None:
     assert [j.id for j in store.list(None, (State.FAILED,))] == [a.id]
 
 
+def test_find_by_model_name_after_job_names(store: JobStore, tmp_path: Path) -> None:
+    """A recipe's ``name`` names the model; the folder names the job."""
+    good = store.add(tmp_path, "good", tmp_path / "good", model="good-one")
+    other = store.add(tmp_path, "good-one", tmp_path / "good-one", model="x")
+    assert store.find("good-one").id == other.id  # a job's own name comes first
+    store2 = store.add(tmp_path, "pirates", tmp_path / "pirates", model="pirate-bot")
+    assert store.find("pirate-bot").id == store2.id
+    assert store.find("good").id == good.id
+
+
 def test_requests_are_taken_once(store: JobStore, tmp_path: Path) -> None:
     job = store.add(tmp_path, "a", tmp_path / "a")
     store.request(job.id, "cancel")

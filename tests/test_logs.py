@@ -1,0 +1,37 @@
+"""The daemon's log keeps what matters and drops two known harmless alarms."""
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.logs import setup_logging
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Path]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    path = setup_logging(tmp_path, console=False)
+    yield path
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def test_known_noise_is_dropped_and_real_errors_kept(log_file: Path) -> None:
+    logging.getLogger("watchdog.observers.inotify").error(
+        "InotifyEmitter.queue_events() called when the thread is inactive"
+    )
+    logging.getLogger("apscheduler.scheduler").warning(
+        'Execution of job "tick" skipped: maximum number of running instances reached (1)'
+    )
+    logging.getLogger("watchdog.observers.inotify").error("inotify watch limit reached")
+    logging.getLogger("lorainbox.service").info("queued job 1 good")
+    text = log_file.read_text()
+    assert "thread is inactive" not in text and "maximum number of running" not in text
+    assert "inotify watch limit reached" in text and "queued job 1 good" in text
