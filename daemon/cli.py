@@ -158,13 +158,22 @@ def _print_jobs(jobs: list[Job]) -> None:
         console.print("No jobs yet. Drop a folder with a recipe.toml and data into the inbox.")
         return
     table = Table(show_lines=False)
-    for col in ("id", "name", "state", "progress", "folder"):
+    for col in ("id", "name", "state", "progress"):
         table.add_column(col)
+    table.add_column("folder", overflow="fold")
     for j in jobs:
         table.add_row(
-            str(j.id), escape(j.name), _state_text(j), progress_text(j), escape(_short(j.folder))
+            str(j.id), escape(j.name), _state_text(j), progress_text(j), escape(_folder_text(j))
         )
     console.print(table)
+
+
+def _folder_text(j: Job) -> str:
+    """Where the job's folder is, within its inbox (``Done/good-2``): the part that differs."""
+    try:
+        return j.folder.relative_to(j.inbox).as_posix()
+    except ValueError:
+        return _short(j.folder)
 
 
 _STATE_STYLE = {

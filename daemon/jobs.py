@@ -185,7 +185,7 @@ class JobStore:
 
     def find(self, ref: str, inbox: Path | None = None) -> Job | None:
         """A job by id, or the newest job of that name, or else of that model name (a recipe's
-        ``name`` names the model, the folder names the job)."""
+        ``name`` names the model, the folder names the job), or else of that folder name."""
         if ref.isdigit():
             try:
                 return self.get(int(ref))
@@ -198,7 +198,10 @@ class JobStore:
         order = " ORDER BY name = ? DESC, id DESC LIMIT 1"
         with self._lock:
             row = self._db.execute(sql + order, [*args, ref]).fetchone()
-        return Job.from_row(row) if row else None
+        if row is not None:
+            return Job.from_row(row)
+        # The folder's name: a second drop of "good" finishes in Done/good-2.
+        return next((j for j in reversed(self.list(inbox)) if j.folder.name == ref), None)
 
     def list(self, inbox: Path | None = None, states: tuple[State, ...] | None = None) -> list[Job]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", []

@@ -94,3 +94,20 @@ def test_control_commands_still_apply_where_they_can(tmp_path: Path) -> None:
     resumed = lorainbox("resume", "waiting", "--inbox", inbox, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert store.get(job.id).state == State.QUEUED
+
+
+def test_status_shows_each_folder_within_its_inbox(tmp_path: Path) -> None:
+    """A second drop of "good" finishes in Done/good-2: the table shows that part, unclipped,
+    and `logs` takes the folder's name."""
+    inbox = tmp_path / "a-rather-long-inbox-folder-name" / "inbox"
+    store = job_store()
+    for folder in (inbox / "Done" / "good", inbox / "Done" / "good-2"):
+        folder.mkdir(parents=True)
+        (folder / "train.log").write_text(f"trained in {folder.name}\n")
+        job = store.add(inbox, "good", folder)
+        store.transition(job.id, State.DONE)
+    shown = lorainbox("status", "--inbox", inbox, columns=80)
+    assert shown.returncode == 0, shown.stderr
+    assert "Done/good-2" in shown.stdout and "Done/good " in shown.stdout + " "
+    logs = lorainbox("logs", "good-2", "--inbox", inbox)
+    assert logs.returncode == 0 and "trained in good-2" in logs.stdout, logs.stderr

@@ -62,6 +62,8 @@ def test_find_by_model_name_after_job_names(store: JobStore, tmp_path: Path) -> 
     store2 = store.add(tmp_path, "pirates", tmp_path / "pirates", model="pirate-bot")
     assert store.find("pirate-bot").id == store2.id
     assert store.find("good").id == good.id
+    again = store.add(tmp_path, "good", tmp_path / "Done" / "good-2", model="good-one")
+    assert store.find("good-2").id == again.id  # by its folder's name
 
 
 def test_requests_are_taken_once(store: JobStore, tmp_path: Path) -> None:
