@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tomli_w
+
 from daemon.humanize import loss_text
 from daemon.jobs import Job, JobStore
 from daemon.recipe import Recipe
@@ -159,8 +161,24 @@ def report_text(job: Job, recipe: Recipe, store: JobStore) -> str:
     extra = job_dir / WORK_DIR / "report-extra.md"
     if extra.exists():
         lines.append(extra.read_text())
-    lines += ["## Recipe as resolved\n", "```json", recipe.model_dump_json(indent=2), "```\n"]
+    lines += [
+        "## Recipe as resolved\n",
+        "Every default filled in: saved as a recipe.toml, it trains the same again.\n",
+        "```toml",
+        resolved_toml(recipe).rstrip(),
+        "```\n",
+    ]
     return "\n".join(lines)
+
+
+def resolved_toml(recipe: Recipe) -> str:
+    """The recipe the job ran, as TOML a person can paste (not JSON with nulls): unset values
+    left out, the model's name as used, ``extends`` already applied."""
+    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"extends"})
+    data.setdefault("ollama", {})["model"] = recipe.ollama_model
+    if recipe.export.quantize is None:  # unset would mean the default, q4_K_M
+        data.setdefault("export", {})["quantize"] = "none"
+    return tomli_w.dumps(data)
 
 
 def _summary(job: Job, recipe: Recipe) -> list[str]:
@@ -195,18 +213,38 @@ def job_dir_name(job: Job) -> str:
     return str(job.folder)
 
 
+STAT_LABELS = {
+    "files": "files",
+    "ignored": "files left out",
+    "mean_chars": "average length (characters)",
+    "max_chars": "longest (characters)",
+    "longest": "longest example",
+    "images": "images",
+    "folders": "folders",
+    "repeats": "most repeats of one image",
+    "mean_caption_chars": "average caption (characters)",
+    "min_size": "smallest image",
+    "max_size": "largest image",
+    "min_side": "shortest side (pixels)",
+}
+"""The data summary's figures in words, in reading order; ``format`` and ``examples`` repeat
+the first line and are left out."""
+
+
 def _data_section(job_dir: Path) -> list[str]:
     path = job_dir / WORK_DIR / "data-summary.json"
     if not path.exists():
         return []
     data = json.loads(path.read_text())
+    stats = data.get("stats") or {}
     out = [
         "## Data\n",
-        f"- kind: {data.get('kind')}",
-        f"- train examples: {data.get('train_examples')}",
-        f"- valid examples: {data.get('valid_examples')}",
+        f"- {data.get('kind')}: {data.get('train_examples')} examples to train on, "
+        f"{data.get('valid_examples')} to validate with",
     ]
-    out += [f"- {k}: {v}" for k, v in (data.get("stats") or {}).items()]
+    out += [f"- {label}: {stats[key]}" for key, label in STAT_LABELS.items() if key in stats]
+    known = {*STAT_LABELS, "format", "examples"}
+    out += [f"- {key}: {value}" for key, value in stats.items() if key not in known]
     return [*out, ""]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.daemon_proc import lorainbox
@@ -51,7 +52,11 @@ def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:
     assert status["state"] == "done" and status["result"]["registered"] is False
     assert status["result"]["gguf"] == "model.gguf"
     assert status["result"]["gguf_info"]["name"] == "good"  # not the converter's "Fused"
-    assert "- **Trained:** 12 steps with mlx on cpu" in (done / "report.md").read_text()
+    report = (done / "report.md").read_text()
+    assert "- **Trained:** 12 steps with mlx on cpu" in report
+    assert re.search(r"- chat: \d+ examples to train on, \d+ to validate with", report)
+    assert "- average length (characters): " in report and "mean_chars" not in report
+    assert "```toml" in report and "null" not in report
     log = (done / "train.log").read_text()
     for told in ("memory plan: batch", "step 12/12, loss", "training finished after 12 steps"):
         assert told in log, (told, log[-2000:])

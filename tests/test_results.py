@@ -1,5 +1,7 @@
 """What report.md says of how a job was trained, from the worker's result."""
 
+from pathlib import Path
+
 from daemon.results import trained_text
 
 
@@ -13,3 +15,26 @@ def test_trained_line_names_steps_trainer_device_and_compiling() -> None:
 def test_no_trained_line_before_training_has_a_result() -> None:
     assert trained_text({}) == ""
     assert trained_text({"registered": False}) == ""
+
+
+def test_the_resolved_recipe_is_toml_that_trains_the_same_again(tmp_path: Path) -> None:
+    from daemon.recipe import BUILTIN_RECIPES, load_recipe
+    from daemon.results import resolved_toml
+
+    drop = tmp_path / "pirates"
+    drop.mkdir()
+    (drop / "recipe.toml").write_text('extends = "tiny-demo"\n[train]\niters = 7\n')
+    recipe = load_recipe(
+        drop / "recipe.toml", search_dirs=[BUILTIN_RECIPES], defaults={"name": "pirates"}
+    )
+    text = resolved_toml(recipe)
+    assert "null" not in text and "extends" not in text
+    assert 'model = "pirates"' in text and "iters = 7" in text
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "recipe.toml").write_text(text)
+    assert load_recipe(
+        again / "recipe.toml", search_dirs=[], defaults={"name": "x"}
+    ) == recipe.model_copy(
+        update={"extends": None, "ollama": recipe.ollama.model_copy(update={"model": "pirates"})}
+    )
