@@ -37,6 +37,9 @@ app.add_typer(agent_app, name="agent")
 console = Console()
 err = Console(stderr=True)
 
+JobArg = Annotated[
+    str, typer.Argument(help="A job: its id, or its name (the folder's, or the model's).")
+]
 InboxOpt = Annotated[
     Path | None, typer.Option("--inbox", help="The inbox folder (default ~/LoRAInbox).")
 ]
@@ -314,32 +317,32 @@ def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> 
 
 
 @app.command()
-def cancel(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+def cancel(job: JobArg, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Cancel a job (its folder moves to Failed/, nothing is deleted)."""
     _request("cancel", job, inbox, config)
 
 
 @app.command()
-def retry(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+def retry(job: JobArg, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Put a failed or cancelled job back in the queue (it resumes from its checkpoint)."""
     _request("retry", job, inbox, config)
 
 
 @app.command()
-def pause(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+def pause(job: JobArg, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Pause a job at its next checkpoint until you resume it."""
     _request("pause", job, inbox, config)
 
 
 @app.command()
-def resume(job: str, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+def resume(job: JobArg, inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Resume a job you paused."""
     _request("resume", job, inbox, config)
 
 
 @app.command()
 def logs(
-    job: str,
+    job: JobArg,
     inbox: InboxOpt = None,
     config: ConfigOpt = None,
     lines: Annotated[int, typer.Option("-n", help="How many lines from the end.")] = 50,

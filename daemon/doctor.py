@@ -80,7 +80,13 @@ def _sensors(settings: Settings) -> Check:
         f"free memory: {r.memory_available_gb:.1f} GB" if r.memory_available_gb else "",
     ]
     unknown = r.idle_seconds is None or r.on_ac_power is None
-    return (None if unknown else True, ", ".join(p for p in parts if p))
+    text = ", ".join(p for p in parts if p)
+    if r.idle_seconds is None:  # the idle gate cannot open: say what that means for jobs
+        text += (
+            '. Jobs whose recipe waits for idle time (`[schedule] when = "idle"`, the built-in '
+            'chat recipes) wait here until it is known: set `when = "now"` to train anyway'
+        )
+    return (None if unknown else True, text)
 
 
 def _notifier() -> Check:

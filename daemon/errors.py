@@ -17,7 +17,8 @@ class Problem:
     fix: str
 
     def line(self) -> str:
-        return f"{self.where}: {self.what}. Fix: {self.fix}"
+        what = self.what if self.what.endswith((".", "?", "!")) else f"{self.what}."
+        return f"{self.where}: {what} Fix: {self.fix}"
 
 
 class DropError(Exception):

@@ -48,3 +48,15 @@ def test_a_probe_that_breaks_is_a_failed_row_under_its_own_name(tmp_path: Path) 
     assert code == 1
     assert rows["Sensors"].startswith("✗") and "missing.json" in rows["Sensors"]
     assert rows["PyTorch"].startswith("✓")  # the other rows still run
+
+
+def test_unknown_idle_time_says_what_it_means_for_jobs(tmp_path: Path) -> None:
+    """A headless box cannot tell idle time: jobs that wait for it would wait for good."""
+    script = tmp_path / "sensors.json"
+    script.write_text('[{"at": 0, "on_ac_power": true}]')
+    _, rows = doctor(LORAINBOX_SENSORS=str(script))
+    assert rows["Sensors"].startswith("!") and "idle: unknown" in rows["Sensors"]
+    assert 'when = "now"' in rows["Sensors"] and "wait" in rows["Sensors"]
+    script.write_text('[{"at": 0, "on_ac_power": true, "idle_seconds": 600}]')
+    _, rows = doctor(LORAINBOX_SENSORS=str(script))
+    assert rows["Sensors"].startswith("✓") and "when =" not in rows["Sensors"]
