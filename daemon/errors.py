@@ -43,6 +43,20 @@ class DropError(Exception):
             [Problem(there(p.what), there(p.where), there(p.fix)) for p in self.problems]
         )
 
+    def in_folder(self, folder: Path) -> DropError:
+        """The same problems, told for ``folder``: a drop without recipe.toml ran on the built-in
+        default recipe, so "recipe.toml" would name a file it does not have."""
+        if (folder / "recipe.toml").exists():
+            return self
+        default = "the built-in default recipe (this folder has no recipe.toml; add one to change"
+
+        def there(where: str) -> str:
+            if not where.startswith("recipe.toml"):
+                return where
+            return f"{default} {where.removeprefix('recipe.toml').lstrip(', ') or 'it'})"
+
+        return DropError([Problem(p.what, there(p.where), p.fix) for p in self.problems])
+
     def markdown(self, title: str = "This drop could not be trained") -> str:
         parts = [f"# {title}\n"]
         for i, p in enumerate(self.problems, 1):

@@ -54,7 +54,7 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
     try:
         recipe = intake.check(drop, drop.name)
     except DropError as e:
-        console.print(problems_text(e, "This drop could not be trained", drop))
+        console.print(problems_text(e.in_folder(drop), "This drop could not be trained", drop))
         return 2
     job = next(
         (j for j in store.list(str(drop.parent)) if j.path == str(drop) and not j.state.finished),
@@ -86,7 +86,7 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
         console.print(f"Paused at step {o.paused_step}. Run the same command again to resume.")
         return 0
     if job.state == State.FAILED and o.code != EXIT_OK:
-        console.print(problems_text(_worker_error(o), "Training failed", drop))
+        console.print(problems_text(_worker_error(o).in_folder(drop), "Training failed", drop))
         return 1
     if job.state == State.FAILED:
         console.print(f"[red]Ollama refused the model:[/red] {escape(job.error or '')}")

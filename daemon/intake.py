@@ -152,7 +152,7 @@ class Intake:
         """Move the drop to Failed/ with its ERROR.md, and keep it as a failed job, so that
         ``lorainbox status`` lists it and ``lorainbox retry NAME`` takes it in again."""
         failed = self.layout.move(drop, self.layout.failed)
-        error = error.moved(drop, failed)
+        error = error.moved(drop, failed).in_folder(failed)
         write_error_file(failed, error.markdown())
         log.warning("rejected %s -> %s: %s", name, failed, error)
         job = self.store.add(self.layout.root, name, failed)

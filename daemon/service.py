@@ -348,6 +348,7 @@ class Daemon:
         if folder.parent != area:
             folder = self.layout.move(folder, area)
             error = error.moved(job.folder, folder)
+        error = error.in_folder(folder)
         write_error_file(folder, error.markdown("This job failed"))
         job = self.store.transition(
             job.id, State.FAILED, detail=str(error), error=str(error), path=str(folder)
