@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -289,7 +290,7 @@ def _job_or_exit(store: JobStore, ref: str, settings: Settings) -> Job:
 
 
 def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> None:
-    from daemon.service import DaemonLock
+    from daemon.service import WAKE_SIGNAL, DaemonLock
 
     settings = _settings(inbox, config)
     store = JobStore(settings.db_path)
@@ -299,6 +300,8 @@ def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> 
     store.request(job.id, action)
     pid = DaemonLock(settings.lock_path).holder()
     if pid:
+        with contextlib.suppress(OSError):  # gone meanwhile: its next start takes the request
+            os.kill(pid, WAKE_SIGNAL)
         console.print(
             f"Asked the daemon (pid {pid}) to {action} job {job.id} {job.name}.", markup=False
         )

@@ -136,6 +136,8 @@ class Daemon:
         )
         self.notifications = NotificationRelay(self.hub, self.store)
         self._stop = threading.Event()
+        self._wake_asked = threading.Event()
+        """Set by SIGUSR1 (``lorainbox cancel`` and the like): tick now, not at the next tick."""
         self._intake_lock = threading.Lock()
         self.hub.subscribe(DropReady, self._on_drop)
 
@@ -159,6 +161,9 @@ class Daemon:
             self._install_signals()
             log.info("watching %s", self.layout.root)
             while not self._stop.wait(0.5):
+                if self._wake_asked.is_set():
+                    self._wake_asked.clear()
+                    self.scheduler.wake()
                 if self.once and self._all_ended():
                     break
             return 0
@@ -188,6 +193,7 @@ class Daemon:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        signal.signal(WAKE_SIGNAL, lambda *_: self._wake_asked.set())
 
     def _all_ended(self) -> bool:
         if self.watcher.pending or self.layout.drop_candidates() or self.supervisor.busy:
@@ -430,6 +436,10 @@ class Daemon:
                 error=None,
                 held=0,
             )
+
+
+WAKE_SIGNAL = signal.SIGUSR1
+"""What the command line sends the daemon after writing a request, so it acts within a second."""
 
 
 def _stop_orphan(pid: int | None) -> None:
