@@ -35,6 +35,9 @@ from daemon.supervisor import (
     problems_error,
 )
 
+EXIT_INTERRUPTED = 130
+"""Ctrl-C's usual status: the job paused, unfinished, so a script does not read it as done."""
+
 
 def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
     if not drop.is_dir():
@@ -84,7 +87,7 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
         hub.publish(JobChanged(job.id, job.name, job.state.value, None))
     if job.state == State.PAUSED:
         console.print(f"Paused at step {o.paused_step}. Run the same command again to resume.")
-        return 0
+        return EXIT_INTERRUPTED
     if job.state == State.FAILED and o.code != EXIT_OK:
         console.print(problems_text(_worker_error(o).in_folder(drop), "Training failed", drop))
         return 1

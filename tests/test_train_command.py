@@ -91,7 +91,7 @@ def test_ctrl_c_pauses_at_a_checkpoint_and_the_same_command_resumes(tmp_path: Pa
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 130, out  # interrupted: paused, not done
     paused = store.list()[0]
     assert paused.state == "paused" and paused.checkpoint_step
     assert f"Paused at step {paused.checkpoint_step}" in out
