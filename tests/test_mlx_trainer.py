@@ -99,6 +99,7 @@ def test_report_shows_answers_before_and_after_training(fact: Trained) -> None:
     assert all(r["after"].startswith(FACT) for r in rows), rows
     section = (fact.ctx.work_dir / "report-extra.md").read_text()
     assert section.startswith("## Answers before and after training")
+    assert "Questions from your data" in section  # says where the questions come from
     assert f"- after: `{FACT}" in section and section.count("**Q:**") == len(rows)
 
 

@@ -93,6 +93,10 @@ def render(rows: list[dict]) -> str:
     lines = ["## Answers before and after training\n"]
     if not rows:
         return lines[0] + "\nThe data has no questions to ask (plain text only).\n"
+    lines.append(
+        "Questions from your data (validation examples first), asked of the base model and of "
+        "the trained one, greedy and short; *expected* is the answer the data teaches.\n"
+    )
     for row in rows:
         question = row["prompt"][-1]["content"]
         lines += [
