@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
@@ -382,23 +384,34 @@ def recipes(config: ConfigOpt = None, inbox: InboxOpt = None) -> None:
 
     settings = _settings(inbox, config)
     dirs = recipe_search_dirs(settings.inbox)
-    table = Table()
-    for col in ("name", "kind", "base model", "what it is for", "from"):
-        table.add_column(col, no_wrap=col in ("name", "kind"), overflow="fold")
-    names = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
-    for name in names:
+    rows = []
+    for name in sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")}):
         path = find_recipe(name, dirs)
         assert path is not None
         origin = "built-in" if path.parent == BUILTIN_RECIPES else _short(path)
         try:
             r = load_recipe(path, search_dirs=dirs, defaults={"name": name})
-            row = (name, r.kind, r.base_model, recipe_summary(path, r), origin)
-            table.add_row(*map(escape, row))
+            rows.append((name, r.kind, r.base_model, recipe_summary(path, r), origin))
         except Exception as e:  # a broken user recipe should not hide the others
-            table.add_row(
-                escape(name), "[red]invalid[/red]", "", escape(str(e)[:120]), escape(origin)
-            )
-    console.print(table)
+            rows.append((name, "invalid", "", str(e), origin))
+    if console.width >= RECIPE_TABLE_WIDTH:
+        table = Table()
+        for col in ("name", "kind", "base model", "what it is for", "from"):
+            table.add_column(col, no_wrap=col in ("name", "kind"), overflow="fold")
+        for row in rows:
+            table.add_row(*map(escape, row))
+        console.print(table)
+        return
+    for name, kind, base, summary, origin in rows:  # a narrow terminal: one block each
+        style = "red" if kind == "invalid" else "bold"
+        console.print(f"[{style}]{escape(name)}[/{style}] ({escape(kind)}, {escape(origin)})")
+        for line in (base, summary):
+            if line:
+                console.print(Padding(Text(line), (0, 0, 0, 2)), highlight=False)
+
+
+RECIPE_TABLE_WIDTH = 120
+"""Below this many columns the recipes table wraps every cell; blocks read better."""
 
 
 @app.command()

@@ -51,3 +51,13 @@ def test_every_built_in_recipe_says_what_it_is_for_in_one_sentence() -> None:
         recipe = load_recipe(path, search_dirs=recipe_search_dirs(None))
         summary = recipe_summary(path, recipe)
         assert summary.endswith(".") and summary.count(". ") == 0 and len(summary) > 30, path
+
+
+def test_a_narrow_terminal_gets_a_block_per_recipe_not_a_cramped_table(tmp_path: Path) -> None:
+    done = lorainbox("recipes", timeout=120, columns=80, LORAINBOX_INBOX=str(tmp_path / "inbox"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "│" not in done.stdout and all(len(line.rstrip()) <= 80 for line in lines)
+    at = lines.index("chat-lora (llm, built-in)")
+    assert lines[at + 1].strip() == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+    assert lines[at + 2].startswith("  Chat LoRA on a small instruct model")
