@@ -22,7 +22,7 @@ from rich.text import Text
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.humanize import duration, export_stage
-from daemon.jobs import Job, JobStore, State, refusal
+from daemon.jobs import ACTIONS, Job, JobStore, State, refusal
 from daemon.logs import setup_logging
 
 app = typer.Typer(
@@ -110,6 +110,9 @@ def run(
 
 @app.command()
 def status(
+    job: Annotated[
+        str | None, typer.Argument(help="One job to show whole (id, or job or model name).")
+    ] = None,
     inbox: InboxOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -129,6 +132,13 @@ def status(
             "`lorainbox agent install`, or `lorainbox submit FOLDER`) makes it"
         )
     store = JobStore(settings.db_path)
+    if job is not None:
+        one = _job_or_exit(store, job, settings)
+        if as_json:
+            print(json.dumps(one.as_dict(), indent=2, default=str))
+        else:
+            _print_job(one)
+        return
     jobs = store.list(None if all_inboxes else str(settings.inbox))
     if as_json:
         print(json.dumps([j.as_dict() for j in jobs], indent=2, default=str))
@@ -172,6 +182,37 @@ def _print_jobs(jobs: list[Job]) -> None:
             str(j.id), escape(j.name), _state_text(j), progress_text(j), escape(_folder_text(j))
         )
     console.print(table)
+
+
+def _print_job(j: Job) -> None:
+    """One job whole: what the table has no room for."""
+    from daemon.results import trained_text
+
+    def when(at: float | None) -> str | None:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else None
+
+    registered = j.result.get("registered") and j.model
+    actions = [a for a in ACTIONS if refusal(j, a) is None]
+    rows = {
+        "state": _state_text(j),
+        "progress": progress_text(j),
+        "trained": escape(trained_text(j.result.get("trained", {}))),
+        "model": escape(f"{j.model} (`ollama run {j.model}`)" if registered else j.model or ""),
+        "folder": escape(str(j.folder)),
+        "error": escape(j.error or "") if j.state == State.FAILED else "",
+        "created": when(j.created_at),
+        "finished": when(j.finished_at),
+        "log": f"lorainbox logs {j.id}",
+        "can": escape(", ".join(f"lorainbox {a} {j.id}" for a in actions)),
+    }
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in rows.items():
+        if value:
+            grid.add_row(key, value)
+    console.print(f"[bold]Job {j.id} {escape(j.name)}[/bold]")
+    console.print(grid)
 
 
 def _folder_text(j: Job) -> str:

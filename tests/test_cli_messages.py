@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from importlib.metadata import version
 from pathlib import Path
@@ -111,3 +112,25 @@ def test_status_shows_each_folder_within_its_inbox(tmp_path: Path) -> None:
     assert "Done/good-2" in shown.stdout and "Done/good " in shown.stdout + " "
     logs = lorainbox("logs", "good-2", "--inbox", inbox)
     assert logs.returncode == 0 and "trained in good-2" in logs.stdout, logs.stderr
+
+
+def test_status_of_one_job_shows_it_whole(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    folder = inbox / "Done" / "good"
+    folder.mkdir(parents=True)
+    store = job_store()
+    job = store.add(inbox, "good", folder, model="good-one")
+    store.transition(job.id, State.TRAINING)
+    trained = {"steps": 12, "trainer": "mlx", "device": "cpu"}
+    store.transition(job.id, State.DONE, result={"registered": True, "trained": trained})
+    shown = lorainbox("status", "good-one", "--inbox", inbox, columns=100)
+    assert shown.returncode == 0, shown.stderr
+    out = one_line(shown.stdout)
+    assert f"Job {job.id} good" in out and "state done" in out
+    assert "trained 12 steps with mlx on cpu" in out
+    assert "model good-one (`ollama run good-one`)" in out
+    assert f"log lorainbox logs {job.id}" in out and f"lorainbox retry {job.id}" not in out
+    as_json = lorainbox("status", str(job.id), "--json", "--inbox", inbox)
+    assert json.loads(as_json.stdout)["model"] == "good-one"
+    missing = lorainbox("status", "99", "--inbox", inbox)
+    assert missing.returncode == 1 and "no job '99'" in missing.stderr
