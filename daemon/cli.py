@@ -309,6 +309,14 @@ def submit(
         raise _fail(f"could not move {src} into the inbox: {e}{kept}") from None
     dest = layout.move(staging, settings.inbox, src.name)
     console.print(f"Submitted [bold]{escape(src.name)}[/bold] as {escape(str(dest))}")
+    from daemon.service import DaemonLock
+
+    if DaemonLock(settings.lock_path).holder() is None:
+        console.print(
+            "The daemon is not running, so nothing takes it in yet: `lorainbox run` (in a "
+            "terminal) or `lorainbox agent install` (at every login) starts it.",
+            markup=False,
+        )
 
 
 @app.command()

@@ -383,6 +383,7 @@ class Daemon:
             f"{job.name}` puts it back in the queue (it resumes from its last checkpoint).\n",
         )
         job = self.store.transition(job.id, State.CANCELLED, detail="cancelled", path=str(folder))
+        log.info("cancelled job %d %s; its folder is %s", job.id, job.name, folder)
         self.hub.publish(JobChanged(job.id, job.name, State.CANCELLED.value, None))
 
     # -- requests from the CLI and the status page --------------------------------------------

@@ -27,6 +27,8 @@ def test_submit_copies_and_a_second_drop_of_the_same_name_gets_its_own(tmp_path:
     assert files(inbox / "pirate-bot") == files(drop) == files(inbox / "pirate-bot-2")
     assert drop.is_dir()  # copied: the original stays
     assert not [p for p in inbox.iterdir() if p.name.startswith(".")]  # no staging left
+    assert "daemon is not running" in " ".join(first.stdout.split())  # and how to start it
+    assert "lorainbox agent install" in first.stdout
 
 
 def test_submit_move_takes_the_folder_across_file_systems(tmp_path: Path) -> None:
