@@ -155,9 +155,11 @@ class Intake:
         error = error.moved(drop, failed).in_folder(failed)
         write_error_file(failed, error.markdown())
         log.warning("rejected %s -> %s: %s", name, failed, error)
-        job = self.store.add(self.layout.root, name, failed)
+        # Named as its folder in Failed/: a second "good" refused while "good" trains is
+        # "good-2", so `lorainbox cancel good` still means the one training.
+        job = self.store.add(self.layout.root, failed.name, failed)
         self.store.transition(job.id, State.FAILED, detail=str(error), error=str(error))
-        self.hub.publish(JobChanged(job.id, name, State.FAILED.value, None, str(error)))
+        self.hub.publish(JobChanged(job.id, job.name, State.FAILED.value, None, str(error)))
         self.hub.publish(DropRejected(name, failed, str(error)))
         return None
 
