@@ -21,7 +21,7 @@ from rich.text import Text
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
-from daemon.humanize import duration, export_stage
+from daemon.humanize import duration, export_stage, loss_text
 from daemon.jobs import ACTIONS, Job, JobStore, State, refusal
 from daemon.logs import setup_logging
 
@@ -254,7 +254,7 @@ def progress_text(j: Job) -> str:
     filled = int(width * min(step, total) / max(total, 1))
     parts = [f"{'█' * filled}{'░' * (width - filled)} {step}/{total}"]
     if p.get("train_loss") is not None:
-        parts.append(f"loss {p['train_loss']:.3f}")
+        parts.append(f"loss {loss_text(p['train_loss'])}")
     if p.get("tokens_per_second"):
         parts.append(f"{p['tokens_per_second']:.0f} tok/s")
     if p.get("eta_seconds") and j.state == State.TRAINING:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.humanize import duration
+from daemon.humanize import duration, loss_text
 
 Job = dict[str, Any]
 
@@ -139,7 +139,7 @@ def job_line(job: Job) -> str:
     elif p.get("total") and state not in FINISHED:
         parts.append(f"{p.get('step') or 0}/{p['total']} ({percent(job)}%)")
         if p.get("train_loss") is not None:
-            parts.append(f"loss {p['train_loss']:.3f}")
+            parts.append(f"loss {loss_text(p['train_loss'])}")
         if p.get("eta_seconds") and state == "training":
             parts.append(f"ETA {duration(p['eta_seconds'])}")
     return shorten(" · ".join(parts))

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from daemon import __version__
 from daemon.config import Settings
-from daemon.humanize import duration, export_stage
+from daemon.humanize import duration, export_stage, loss_text
 from daemon.jobs import ACTIONS, Job, JobStore, State, refusal
 from daemon.results import loss_series, read_metrics
 from daemon.sensors.base import Readings
@@ -97,6 +97,11 @@ def page_url(port: int, token: str | None = None) -> str:
 # -- what the API says about jobs --------------------------------------------------------------
 
 
+def _loss(value: float | None) -> str | None:
+    """As the command line shows it (3.00e-04, not 0.000), so the page needs no format of its own."""
+    return None if value is None else loss_text(value)
+
+
 def eta_text(job: Job) -> str | None:
     eta = job.progress.get("eta_seconds")
     return duration(eta) if eta and job.state == State.TRAINING else None
@@ -111,6 +116,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "held": job.held,
         "progress": job.progress,
         "eta": eta_text(job),
+        "loss": _loss(job.progress.get("train_loss")),
+        "valid_loss": _loss(job.progress.get("valid_loss")),
         "export_stage": export_stage(job.progress) if job.state == State.EXPORTING else None,
         "error": job.error,
         "model": job.model,

@@ -132,6 +132,7 @@ def test_jobs_lists_this_inbox_with_progress_and_actions(site: Site) -> None:
     assert set(jobs) == {"pirate-bot", "waiter", "held", "gate-paused", "finished", "broken"}
     bot = jobs["pirate-bot"]
     assert bot["state"] == "training" and bot["progress"]["step"] == 120
+    assert bot["loss"] == "1.800" and bot["valid_loss"] is None  # as the command line says it
     assert bot["model"] == "pirate-bot" and bot["times"]["started"] is not None
     assert bot["actions"] == ["cancel", "pause"]
     assert jobs["waiter"]["waiting_for"] == "on battery (42%)"

@@ -111,7 +111,7 @@ function renderQueue() {
     cell(row, job.name, "name");
     cell(row, stateText(job), "state");
     progressCell(row, p);
-    cell(row, p.train_loss != null ? p.train_loss.toFixed(3) : "", "num");
+    cell(row, job.loss || "", "num");
     cell(row, p.tokens_per_second ? p.tokens_per_second.toFixed(0) : "", "num");
     cell(row, job.eta || "", "num");
   }
@@ -146,7 +146,7 @@ async function renderDetail() {
   const p = job.progress || {};
   const parts = [stateText(job)];
   if (p.total) parts.push(`step ${p.step || 0}/${p.total}`);
-  if (p.valid_loss != null) parts.push(`valid loss ${p.valid_loss.toFixed(3)}`);
+  if (job.valid_loss) parts.push(`valid loss ${job.valid_loss}`);
   if (job.model) parts.push(`model ${job.model}`);
   document.getElementById("detail-state").textContent = parts.join(" · ");
   for (const button of document.querySelectorAll("button[data-action]")) {
