@@ -283,6 +283,8 @@ def submit(
     src = _existing_path(path, "a drop folder (recipe.toml and data)")
     if not src.is_dir():
         raise _fail(f"{src} is not a folder; a drop is a folder with recipe.toml and data")
+    if not any(p.is_file() for p in src.rglob("*")):
+        raise _fail(f"{src} is empty; a drop holds recipe.toml and its data (train.jsonl)")
     from daemon.inbox import InboxLayout
 
     layout = InboxLayout(_checked_inbox(settings))

@@ -145,6 +145,7 @@ class Daemon:
 
     def run(self) -> int:
         self.lock.acquire()
+        self._install_signals()  # first: a SIGTERM during start-up still stops a worker cleanly
         try:
             self.layout.create()
             self.reconcile()
@@ -158,7 +159,6 @@ class Daemon:
                 wake=self.scheduler.wake,
             )
             self.status_url = self.status_server.url if self.status_server else None
-            self._install_signals()
             log.info("watching %s", self.layout.root)
             while not self._stop.wait(0.5):
                 if self._wake_asked.is_set():

@@ -56,3 +56,10 @@ def test_submit_says_a_missing_folder_does_not_exist(tmp_path: Path) -> None:
     done = submit(tmp_path / "nope", inbox=tmp_path / "inbox")
     assert done.returncode == 1 and not (tmp_path / "inbox").exists()
     assert "does not exist" in done.stderr and "is not a folder" not in done.stderr
+
+
+def test_submit_refuses_an_empty_folder_before_it_reaches_the_inbox(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    done = submit(tmp_path / "empty", inbox=tmp_path / "inbox")
+    assert done.returncode == 1 and "is empty" in " ".join(done.stderr.split())
+    assert not (tmp_path / "inbox" / "empty").exists()
