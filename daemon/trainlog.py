@@ -53,38 +53,35 @@ class Narrator:
             self.log.info(text)
 
     def line(self, kind: str, f: dict[str, Any]) -> str | None:
-        if kind == "progress":
-            return _progress(f)
-        if kind == "export":
-            if f.get("stage") == self.export_stage:
-                return None
-            self.export_stage = f.get("stage")
-            return f"export: {EXPORT_STAGES.get(str(self.export_stage), self.export_stage)}"
-        if kind == "footprint":
-            return _footprint(f)
-        return _other(kind, f)
-
-
-def _other(kind: str, f: dict[str, Any]) -> str | None:
-    match kind:
-        case "stage" if f.get("stage") == "training":
-            return f"training with {f.get('trainer')}"
-        case "stage":
-            return str(f.get("stage"))
-        case "checkpoint":
-            return f"checkpoint saved at step {f.get('step')}"
-        case "resumed":
-            return f"resumed from the checkpoint at step {f.get('step')}"
-        case "trained":
-            return f"training finished after {f.get('steps')} steps; adapter in {f.get('adapter')}"
-        case "exported":
-            return f"wrote {f.get('gguf')}"
-        case "paused":
-            return f"paused at step {f.get('step')}; it resumes from there"
-        case "oom":
-            return f"out of memory: {f.get('message')}"
-        case "error":
-            return "; ".join(f"{p['what']} ({p['where']})" for p in f.get("problems") or [])
-        case "crash":
-            return f"crashed: {f.get('message')}"
-    return None
+        match kind:
+            case "progress":
+                return _progress(f)
+            case "export":
+                if f.get("stage") == self.export_stage:
+                    return None
+                self.export_stage = f.get("stage")
+                return f"export: {EXPORT_STAGES.get(str(self.export_stage), self.export_stage)}"
+            case "footprint":
+                return _footprint(f)
+            case "stage" if f.get("stage") == "training":
+                return f"training with {f.get('trainer')}"
+            case "stage":
+                return str(f.get("stage"))
+            case "checkpoint":
+                return f"checkpoint saved at step {f.get('step')}"
+            case "resumed":
+                return f"resumed from the checkpoint at step {f.get('step')}"
+            case "trained":
+                steps, adapter = f.get("steps"), f.get("adapter")
+                return f"training finished after {steps} steps; adapter in {adapter}"
+            case "exported":
+                return f"wrote {f.get('gguf')}"
+            case "paused":
+                return f"paused at step {f.get('step')}; it resumes from there"
+            case "oom":
+                return f"out of memory: {f.get('message')}"
+            case "error":
+                return "; ".join(f"{p['what']} ({p['where']})" for p in f.get("problems") or [])
+            case "crash":
+                return f"crashed: {f.get('message')}"
+        return None

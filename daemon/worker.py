@@ -150,7 +150,7 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     spec = JobSpec.load(job_dir)
     work = job_dir / WORK_DIR
     data = [spec.train_file, *([spec.valid_file] if spec.valid_file else [])]
-    now = keys(spec.recipe, [p if p.is_absolute() else job_dir / p for p in data])
+    now = keys(spec.recipe, [job_dir / p for p in data])  # an absolute path stays as it is
     if (forgot := forget_stale(work, now, job_dir / GGUF_NAME)) is not None:
         log.info(forgot)
     emitter.metrics_file = work / "metrics.jsonl"

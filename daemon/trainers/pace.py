@@ -29,8 +29,8 @@ class Pace:
         self.units = 0
         self.first_rate: float | None = None
 
-    def add(self, units: int) -> None:
-        """One step done, with ``units`` (tokens or images) in it."""
+    def add(self, units: int = 0) -> None:
+        """One step done, with ``units`` (tokens or images) in it when Pace measures the speed."""
         if self.anchor is None:
             now = self.clock()
             self.anchor = (self.start_step + 1, now)
