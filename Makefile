@@ -1,20 +1,23 @@
 # Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+# Every install comes from uv.lock (exact versions and hashes for Apple Silicon and Linux x86_64):
+# `make lock` refreshes it, `make check-latest` tries the newest versions pyproject.toml allows.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch first: on this project's Linux machines ==2.13.0 resolves to a local CPU build; a bare
-# `torch` pulled in by another package would fetch a multi-GB CUDA build instead.
-TORCH ?= torch==2.13.0
-LLAMA_CPP ?= llama-cpp-python==0.3.36
-# llama-cpp-python has no wheel on PyPI: pip builds llama.cpp (about 4-8 minutes on 2 cores).
-# The built wheel is kept here, so every later venv (and CI on the same machine) reuses it.
-WHEELS ?= $(HOME)/.cache/lorainbox/wheels
+UV_VERSION := 0.13.8
+# uv itself, kept outside the checkout so every clone on this machine shares it and its cache.
+UV_HOME ?= $(HOME)/.cache/lorainbox/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+UV_SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(PYTHON)
 UNAME := $(shell uname)
+# llama-cpp-python has no wheel on PyPI: uv builds llama.cpp once (4-8 minutes on 2 cores) and
+# keeps the wheel in its cache. Portable code on Linux, so a cached wheel runs on any x86-64 CPU.
 ifeq ($(UNAME),Linux)
-LLAMA_CMAKE := -DGGML_NATIVE=OFF
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: demo test install lint bench clean chromium
+.PHONY: demo test install lint bench clean chromium lock check-latest
 
 demo: $(VENV)/.installed
 	$(BIN)/lorainbox demo
@@ -39,33 +42,39 @@ lint: $(VENV)/.installed-dev
 
 install: $(VENV)/.installed
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip wheel
+$(UV):
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install -q "uv==$(UV_VERSION)"
 
-$(VENV)/.llama-cpp: $(BIN)/python
-	@mkdir -p $(WHEELS)
-	@if ! ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
-		echo "Building llama-cpp-python once (minutes); the wheel is cached in $(WHEELS)"; \
-		CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/python -m pip wheel -q --no-deps -w $(WHEELS) "$(LLAMA_CPP)"; \
-	fi
-	$(BIN)/python -m pip install -q --find-links $(WHEELS) "$(LLAMA_CPP)"
+# --inexact: the demo leaves the test tools in place when `make test` came first.
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV_SYNC) --inexact
 	@touch $@
 
-$(VENV)/.torch: $(BIN)/python
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	@touch $@
+$(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
+	$(UV_SYNC) --extra dev
+	@touch $@ $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.llama-cpp
-	$(BIN)/python -m pip install -q --find-links $(WHEELS) -e .
-	@touch $@
+lock: | $(UV)
+	$(UV) lock --upgrade
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -q --find-links $(WHEELS) -e ".[dev]"
-	@touch $@
+# The newest versions pyproject.toml allows, in a throwaway environment: which packages moved
+# since the lock, then the suite on them. CI stays on the lock.
+LATEST := .latest
+check-latest: | $(UV)
+	rm -rf $(LATEST) && mkdir -p $(LATEST)
+	$(UV) export --frozen --extra dev --no-hashes --no-header --no-emit-project -o $(LATEST)/locked.txt >/dev/null
+	$(UV) pip compile -q pyproject.toml --extra dev --python $(PYTHON) -o $(LATEST)/latest.txt
+	@echo "Moved since the lock (< locked, > newest allowed):"
+	@diff <(grep -o '^[a-z0-9_.-]*==[^ ;]*' $(LATEST)/locked.txt | sort) \
+		<(grep -o '^[a-z0-9_.-]*==[^ ;]*' $(LATEST)/latest.txt | sort) || true
+	$(UV) venv -q --python $(PYTHON) $(LATEST)/venv
+	$(UV) pip install -q --python $(LATEST)/venv -r $(LATEST)/latest.txt
+	$(UV) pip install -q --python $(LATEST)/venv --no-deps -e .
+	$(LATEST)/venv/bin/python -m pytest -q
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/mlx_vs_mlx_lm.py
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) $(LATEST) .demo .pytest_cache
