@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from daemon.trainers.base import Footprint, TrainContext
+    from lorainbox.trainers.base import Footprint, TrainContext
 
 RESULT = "RESULT "
 """The child's last word: this prefix, then its result as JSON on the same line."""
@@ -132,8 +132,8 @@ def train_context(
     requests, progress lines dropped (the clock is what the bench measures)."""
     import io
 
-    from daemon.recipe import Recipe
-    from daemon.trainers.base import Emitter, TrainContext
+    from lorainbox.drop.recipe import Recipe
+    from lorainbox.trainers.base import Emitter, TrainContext
 
     return TrainContext(
         job_dir=work,
@@ -164,7 +164,7 @@ def peak_memory_gb(device: str) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 1e9
-    from daemon.trainers.torch_common import process_peak_rss_gb
+    from lorainbox.trainers.torch_common import process_peak_rss_gb
 
     return process_peak_rss_gb()
 

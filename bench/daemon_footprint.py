@@ -226,13 +226,13 @@ def print_report(r: dict[str, Any]) -> None:
 
 def _lorainbox() -> list[str]:
     beside = Path(sys.executable).with_name("lorainbox")
-    return [str(beside)] if beside.exists() else [sys.executable, "-m", "daemon.cli"]
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "lorainbox.ui.cli"]
 
 
 def _settle_seconds(args: argparse.Namespace) -> float:
     if args.settle_seconds is not None:
         return float(args.settle_seconds)
-    from daemon.config import Settings
+    from lorainbox.core.config import Settings
 
     return Settings().settle_seconds
 

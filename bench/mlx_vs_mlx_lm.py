@@ -4,7 +4,7 @@
 
 Builds (once, into the lorainbox cache) a random LLaMA-shaped model bigger than the tests' one,
 writes a few hundred chat examples of varied length, then runs, one after the other, mlx-lm's
-CLI and our worker (``python -m daemon.worker``) as child processes. For each it prints the
+CLI and our worker (``python -m lorainbox.worker.main``) as child processes. For each it prints the
 training throughput in loss tokens per second (the tokens mlx-lm also counts: answer tokens,
 as both mask the prompt), the child's peak RSS (psutil, polled), MLX's own peak allocation,
 and the ratios ours / mlx-lm.
@@ -30,10 +30,10 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.models import cache_dir  # noqa: E402
-from daemon.recipe import Recipe  # noqa: E402
-from daemon.tinymodel import _CORPUS, build_tiny_model  # noqa: E402
-from daemon.worker import JobSpec  # noqa: E402
+from lorainbox.drop.recipe import Recipe  # noqa: E402
+from lorainbox.models.base import cache_dir  # noqa: E402
+from lorainbox.models.tinymodel import _CORPUS, build_tiny_model  # noqa: E402
+from lorainbox.worker.main import JobSpec  # noqa: E402
 
 SHAPE = {
     "hidden_size": 512,
@@ -176,7 +176,7 @@ def run_ours(model: Path, data: Path, work: Path, a: argparse.Namespace) -> Resu
     result = Result("lorainbox (ours)")
     with open(work / "worker.log", "w") as log:
         out, code = run_child(
-            [sys.executable, "-m", "daemon.worker", str(job)], result, cwd=REPO, stderr=log
+            [sys.executable, "-m", "lorainbox.worker", str(job)], result, cwd=REPO, stderr=log
         )
     if code != 0:
         raise SystemExit(f"worker failed ({code}):\n{(work / 'worker.log').read_text()[-3000:]}")

@@ -80,7 +80,7 @@ class Settings:
 
 def build_model(folder: Path, tiny: bool) -> Path:
     """The tiny pipeline, or SD 1.5's architecture with random weights (fp32 on disk)."""
-    from daemon.tinysd import build_tiny_sd
+    from lorainbox.models.tinysd import build_tiny_sd
 
     if tiny:
         return build_tiny_sd(folder)
@@ -91,9 +91,8 @@ def build_model(folder: Path, tiny: bool) -> Path:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
+    from lorainbox.models.tinysd import write_clip_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from daemon.tinysd import write_clip_tokenizer
 
     torch.manual_seed(0)
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer"))
@@ -187,8 +186,8 @@ def timed_result(clock: StepClock) -> dict[str, Any]:
 def run_ours(
     s: Settings, model: Path, listing: Path, work: Path, switches: dict[str, Any]
 ) -> dict[str, Any]:
-    from daemon.trainers.base import Footprint
-    from daemon.trainers.diffusion import DiffusionOptions, DiffusionTrainer
+    from lorainbox.trainers.base import Footprint
+    from lorainbox.trainers.diffusion import DiffusionOptions, DiffusionTrainer
 
     recipe = {
         "name": "bench",

@@ -41,7 +41,7 @@ WIDTHS = (256, 320, 384, 448, 512)
 
 
 def batches(tiny: bool, device: str, count: int) -> list[Any]:
-    from daemon.trainers.torch_llm import Example, collate
+    from lorainbox.trainers.torch_llm import Example, collate
 
     rng = random.Random(0)
     vocab, widths, rows = (250, (32, 48, 64), 4) if tiny else (32000, WIDTHS, 8)
@@ -58,12 +58,11 @@ def batches(tiny: bool, device: str, count: int) -> list[Any]:
 
 def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: int) -> dict:
     import torch
+    from lorainbox.drop.recipe import LoraSpec
+    from lorainbox.trainers.base import Footprint
+    from lorainbox.trainers.torch_common import optimizer_step, setup_device
+    from lorainbox.trainers.torch_llm import SpeedOptions, TorchLLMTrainer, loss_sum
     from torch.profiler import ProfilerActivity, profile
-
-    from daemon.recipe import LoraSpec
-    from daemon.trainers.base import Footprint
-    from daemon.trainers.torch_common import optimizer_step, setup_device
-    from daemon.trainers.torch_llm import SpeedOptions, TorchLLMTrainer, loss_sum
 
     spec = VARIANTS[name]
     setup = setup_device(device, 64.0)

@@ -137,7 +137,7 @@ class Settings:
 
 def build_model(folder: Path, tiny: bool, device: str) -> Path:
     """The tiny test model, or TinyLlama-1.1B's shape with random bf16 weights."""
-    from daemon.tinymodel import build_tiny_model
+    from lorainbox.models.tinymodel import build_tiny_model
 
     build_tiny_model(folder)
     if tiny:
@@ -201,8 +201,8 @@ def timed_result(clock: StepClock, tokens: int) -> dict[str, Any]:
 def run_ours(
     s: Settings, model: Path, data: Path, work: Path, switches: dict[str, Any]
 ) -> dict[str, Any]:
-    from daemon.trainers.base import Footprint
-    from daemon.trainers.torch_llm import SpeedOptions, TorchLLMTrainer
+    from lorainbox.trainers.base import Footprint
+    from lorainbox.trainers.torch_llm import SpeedOptions, TorchLLMTrainer
 
     recipe = {
         "name": "bench",
@@ -243,6 +243,7 @@ def run_hf(s: Settings, model_dir: Path, data: Path, work: Path, unsloth: bool) 
         except ImportError as e:
             return {"skipped": f"unsloth is not installed ({e})"}
     import torch
+    from lorainbox.trainers.torch_llm import read_jsonl, tokenize_row, truncate
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForCausalLM,
@@ -252,8 +253,6 @@ def run_hf(s: Settings, model_dir: Path, data: Path, work: Path, unsloth: bool) 
         TrainerCallback,
         TrainingArguments,
     )
-
-    from daemon.trainers.torch_llm import read_jsonl, tokenize_row, truncate
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []

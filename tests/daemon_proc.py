@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.jobs import Job, JobStore, State
+from lorainbox.pipeline.jobs import Job, JobStore, State
 
-ENTRY = [sys.executable, "-m", "daemon.cli"]
+ENTRY = [sys.executable, "-m", "lorainbox.ui.cli"]
 
 
 def lorainbox(

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from lorainbox.export.gguf import GGUFInfo, convert_to_gguf
 
-from daemon.export.gguf import GGUFInfo, convert_to_gguf
 from tests.fake_ollama import FakeOllama
 
 
@@ -25,7 +25,7 @@ class Exported:
 
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from daemon.tinymodel import build_tiny_model
+    from lorainbox.models.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-hf"))
 

@@ -1,7 +1,7 @@
 """Tiny models shared by the trainer tests: built once a session, never changed by a test.
 
 Import the fixtures a module needs by name (``from tests.models import tiny_llama  # noqa:
-F401``). Tests that damage a model work on a :func:`~daemon.tinymodel.copy_model` of it.
+F401``). Tests that damage a model work on a :func:`~lorainbox.models.tinymodel.copy_model` of it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from daemon.models import resolve_base_model
-from daemon.recipe import Recipe, load_recipe, recipe_search_dirs
+from lorainbox.drop.recipe import Recipe, load_recipe, recipe_search_dirs
+from lorainbox.models.base import resolve_base_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_FACT = REPO / "inbox" / "tiny-fact"

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from daemon import atomic
-from daemon.intake import ERROR_FILE, write_error_file
+from lorainbox.core import atomic
+from lorainbox.pipeline.intake import ERROR_FILE, write_error_file
 
 
 @pytest.fixture

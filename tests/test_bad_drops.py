@@ -154,7 +154,7 @@ def test_broken_drops_fail_cleanly_beside_a_valid_job(tmp_path: Path) -> None:
     assert len(expected) >= 35
 
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "run", "--once", "--inbox", str(inbox)],
+        [sys.executable, "-m", "lorainbox.ui.cli", "run", "--once", "--inbox", str(inbox)],
         capture_output=True,
         text=True,
         timeout=850,

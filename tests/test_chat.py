@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from lorainbox.core.errors import DropError
+from lorainbox.export.gguf import modelfile_text
+from lorainbox.export.ollama import OllamaClient, register_model
+from lorainbox.ui.chat import ChatSession, chat_once, chat_session, find_gguf
 
-from daemon.chat import ChatSession, chat_once, chat_session, find_gguf
-from daemon.errors import DropError
-from daemon.export.gguf import modelfile_text
-from daemon.ollama import OllamaClient, register_model
 from tests.fake_ollama import free_port
 
 if TYPE_CHECKING:
@@ -152,7 +152,8 @@ def test_chat_command_finds_a_model_by_its_recipe_name(tiny_gguf: Path, tmp_path
     answers from the job's GGUF."""
     import os
 
-    from daemon.jobs import JobStore
+    from lorainbox.pipeline.jobs import JobStore
+
     from tests.daemon_proc import lorainbox
 
     inbox = tmp_path / "inbox"

@@ -7,7 +7,8 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
-from daemon.jobs import JobStore, State
+from lorainbox.pipeline.jobs import JobStore, State
+
 from tests.daemon_proc import lorainbox
 from tests.drops import fast_drop
 

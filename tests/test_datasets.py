@@ -9,9 +9,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from daemon.datasets import (
+from lorainbox.core.errors import DropError, Problem
+from lorainbox.drop.datasets import (
     MAX_PROBLEMS,
     DataSummary,
     ImageItem,
@@ -20,8 +19,8 @@ from daemon.datasets import (
     prepare_split,
     valid_count,
 )
-from daemon.errors import DropError, Problem
-from daemon.recipe import DataSpec
+from lorainbox.drop.recipe import DataSpec
+from PIL import Image
 
 CHAT = {
     "messages": [

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from lorainbox.pipeline.jobs import JobStore, State
+from lorainbox.ui.demo import EXAMPLE, MARK, first_question
 
-from daemon.demo import EXAMPLE, MARK, first_question
-from daemon.jobs import JobStore, State
 from tests.daemon_proc import ENTRY, lorainbox, wait_for
 from tests.fake_ollama import FakeOllama
 
@@ -80,7 +80,7 @@ def workers_of(folder: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "daemon.worker" in cmdline and str(folder) in cmdline:
+        if "lorainbox.worker" in cmdline and str(folder) in cmdline:
             found.append(proc)
     return found
 

@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from daemon.errors import DropError
-from daemon.recipe import Recipe
-from daemon.trainers.base import Emitter, Footprint, Paused, TrainContext
-from daemon.trainers.diffusion import (
+from lorainbox.core.errors import DropError
+from lorainbox.drop.recipe import Recipe
+from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext
+from lorainbox.trainers.diffusion import (
     DIFFUSERS_FILE,
     SAMPLES_FILE,
     DiffusionOptions,
@@ -34,6 +32,7 @@ from daemon.trainers.diffusion import (
     read_images,
     resolve_diffusion_base,
 )
+from PIL import Image
 
 FAST = DiffusionOptions(samples=False)
 
@@ -48,14 +47,14 @@ def _one_thread() -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from daemon.tinysd import build_tiny_sd
+    from lorainbox.models.tinysd import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from daemon.tinysd import build_tiny_sd
+    from lorainbox.models.tinysd import build_tiny_sd
 
     return build_tiny_sd(
         tmp_path_factory.mktemp("tiny-sdxl"), xl=True, prediction_type="v_prediction"
@@ -172,10 +171,13 @@ def test_trains_exports_kohya_that_diffusers_loads_and_writes_samples(
     before = render(base)
     base.load_lora_weights(ctx.adapter_dir, weight_name=kohya.name)
     with_kohya = render(base)
-    assert np.abs(with_kohya - before).mean() > 1e-3
+    effect = np.abs(with_kohya - before)
+    assert effect.mean() > 1e-3
     fresh = StableDiffusionPipeline.from_pretrained(tiny_sd)
     fresh.load_lora_weights(ctx.adapter_dir, weight_name=DIFFUSERS_FILE)
-    assert np.abs(render(fresh) - with_kohya).max() < 1e-3  # the two files hold the same LoRA
+    # The two files hold the same LoRA: kohya's in float16 (as kohya writes it), so the images
+    # differ by that rounding only, far less than the LoRA's own effect.
+    assert np.abs(render(fresh) - with_kohya).max() < 0.05 * effect.max()
 
     grid = Image.open(job / SAMPLES_FILE)
     assert result.extra["samples"] == str(job / SAMPLES_FILE)
@@ -304,7 +306,7 @@ def test_unreadable_images_are_drop_errors_naming_the_file(tiny_sd: Path, tmp_pa
 
 
 def test_base_model_must_be_a_diffusers_folder_or_a_loadable_file(tmp_path: Path) -> None:
-    from daemon.trainers.diffusion import load_pipeline
+    from lorainbox.trainers.diffusion import load_pipeline
 
     (tmp_path / "not-diffusers").mkdir()
     with pytest.raises(DropError, match="model_index.json"):
@@ -360,8 +362,8 @@ def test_bf16_weights_with_autocast_as_on_cuda(
     tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CUDA's path (bfloat16 frozen weights, float32 LoRA, autocast) on the CPU's autocast."""
-    import daemon.trainers.diffusion as diffusion
-    from daemon.trainers.torch_common import DeviceSetup
+    import lorainbox.trainers.diffusion as diffusion
+    from lorainbox.trainers.torch_common import DeviceSetup
 
     setup = DeviceSetup(torch.device("cpu"), torch.bfloat16, torch.bfloat16, False)
     monkeypatch.setattr(diffusion, "setup_device", lambda *a, **k: setup)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from daemon.errors import DropError, Problem
+from lorainbox.core.errors import DropError, Problem
 
 
 def test_a_problem_reads_as_one_sentence_without_doubled_stops() -> None:

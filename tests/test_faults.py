@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from lorainbox.pipeline.jobs import JobStore, State
 
-from daemon.jobs import JobStore, State
 from tests.daemon_proc import (
     ENTRY,
     DaemonProc,

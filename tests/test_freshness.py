@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from daemon.freshness import forget_stale, keys
-from daemon.recipe import Recipe
+from lorainbox.drop.freshness import forget_stale, keys
+from lorainbox.drop.recipe import Recipe
+
 from tests.daemon_proc import lorainbox
 from tests.drops import fast_drop
 

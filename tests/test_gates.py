@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, time, timezone
 
 import pytest
+from lorainbox.drop.recipe import ScheduleSpec
+from lorainbox.drop.window import Window, parse_window
+from lorainbox.pipeline.gates import evaluate
+from lorainbox.platform.sensors.base import Readings
 from pydantic import ValidationError
-
-from daemon.gates import Window, evaluate, parse_window
-from daemon.recipe import ScheduleSpec
-from daemon.sensors.base import Readings
 
 NOON = datetime(2026, 3, 4, 12, 0)
 TAKEN = datetime(2026, 3, 4, 12, 0, tzinfo=timezone.utc)

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
-from daemon.errors import DropError
-from daemon.export.gguf import convert_to_gguf, inspect_gguf, modelfile_text, stop_tokens
-from daemon.export.templates import CHATML, ollama_template
+from lorainbox.core.errors import DropError
+from lorainbox.export.gguf import convert_to_gguf, inspect_gguf, modelfile_text, stop_tokens
+from lorainbox.export.templates import CHATML, ollama_template
 
 if TYPE_CHECKING:
     from tests.fixtures_models import Exported

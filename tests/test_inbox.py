@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from daemon.inbox import InboxLayout, InboxWatcher, partial_files
+from lorainbox.pipeline.watcher import InboxLayout, InboxWatcher, partial_files
 
 
 class Collector:

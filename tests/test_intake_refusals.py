@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.events import DropRejected, JobChanged
-from daemon.hub import Hub
-from daemon.inbox import InboxLayout
-from daemon.intake import Intake
-from daemon.jobs import JobStore, State
+from lorainbox.core.events import DropRejected, JobChanged
+from lorainbox.core.hub import Hub
+from lorainbox.pipeline.intake import Intake
+from lorainbox.pipeline.jobs import JobStore, State
+from lorainbox.pipeline.watcher import InboxLayout
+
 from tests.drops import fast_drop
 
 

@@ -7,8 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from daemon.jobs import JobStore, State
+from lorainbox.pipeline.jobs import JobStore, State
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from daemon.trainers.kohya import (
+from lorainbox.trainers.kohya import (
     kohya_metadata,
     save_kohya,
     sgm_module_name,

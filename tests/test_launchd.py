@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
-from daemon import launchd
-from daemon.launchd import (
+from lorainbox.platform import agent as launchd
+from lorainbox.platform.agent import (
     FALLBACK_TEMPLATE,
     LABEL,
     TEMPLATE,
@@ -340,7 +339,7 @@ def test_unsupported_platform_is_reported(tmp_path: Path, where: dict[str, Path]
 
 
 def test_settings_supply_the_inbox_logs_and_environment(tmp_path: Path, program: Path) -> None:
-    from daemon.config import Settings
+    from lorainbox.core.config import Settings
 
     settings = Settings(
         inbox=tmp_path / "Inbox", state_dir=tmp_path / "state", ollama_host="http://mini:11434"

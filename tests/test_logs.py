@@ -5,8 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from daemon.logs import setup_logging
+from lorainbox.core.logs import setup_logging
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def test_known_noise_is_dropped_and_real_errors_kept(log_file: Path) -> None:
         'Execution of job "tick" skipped: maximum number of running instances reached (1)'
     )
     logging.getLogger("watchdog.observers.inotify").error("inotify watch limit reached")
-    logging.getLogger("lorainbox.service").info("queued job 1 good")
+    logging.getLogger("lorainbox.pipeline.service").info("queued job 1 good")
     text = log_file.read_text()
     assert "thread is inactive" not in text and "maximum number of running" not in text
     assert "inotify watch limit reached" in text and "queued job 1 good" in text

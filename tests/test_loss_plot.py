@@ -6,9 +6,8 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from daemon.results import (
+from lorainbox.core.layout import WORK_DIR
+from lorainbox.pipeline.results import (
     LOSS_PNG,
     MAX_VALID_ROWS,
     loss_figure,
@@ -18,8 +17,8 @@ from daemon.results import (
     read_metrics,
     y_scale,
 )
-from daemon.trainers.base import Emitter
-from daemon.worker import WORK_DIR
+from lorainbox.trainers.base import Emitter
+from PIL import Image
 
 VALID_RGB = (0xDD, 0x6B, 0x20)
 

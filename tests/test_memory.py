@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from daemon.errors import DropError
-from daemon.trainers.base import Footprint, OutOfMemory
-from daemon.trainers.memory import (
+from lorainbox.core.errors import DropError
+from lorainbox.trainers.base import Footprint, OutOfMemory
+from lorainbox.trainers.memory import (
     OVERHEAD_GB,
     MemoryGuard,
     estimate_for,
@@ -20,6 +19,7 @@ from daemon.trainers.memory import (
     read_model_shape,
     shrink_after_oom,
 )
+
 from tests.models import TINY_FACT, tiny_fact_recipe, tiny_llama, tiny_llama_4bit  # noqa: F401
 
 
@@ -168,8 +168,7 @@ def test_guard_turns_peak_over_budget_into_out_of_memory() -> None:
 
 def test_buffer_cache_is_bounded_by_the_working_set() -> None:
     import mlx.core as mx
-
-    from daemon.trainers.memory import GB, MIN_CACHE_GB, apply_mlx_limits
+    from lorainbox.trainers.memory import GB, MIN_CACHE_GB, apply_mlx_limits
 
     apply_mlx_limits(8.0, cache_gb=0.5)
     assert mx.set_cache_limit(0) == int(0.5 * GB)

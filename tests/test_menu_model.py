@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lorainbox.pipeline.jobs import JobStore
+from lorainbox.ui import menubar
+from lorainbox.ui.menu_model import SEPARATOR, Item, build_menu, job_line, title
+from lorainbox.ui.status_server import StatusServer
 
-from daemon import menubar
-from daemon.jobs import JobStore
-from daemon.menu_model import SEPARATOR, Item, build_menu, job_line, title
-from daemon.status_server import StatusServer
 from tests.test_status_server import READINGS, make_jobs
 
 

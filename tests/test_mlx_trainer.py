@@ -10,12 +10,12 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
+from lorainbox.core.errors import DropError
+from lorainbox.drop.recipe import Recipe
+from lorainbox.models.base import safetensors_header
+from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext, TrainResult
+from lorainbox.trainers.mlx import KEEP_CHECKPOINTS, MLXTrainer
 
-from daemon.errors import DropError
-from daemon.models import safetensors_header
-from daemon.recipe import Recipe
-from daemon.trainers.base import Emitter, Footprint, Paused, TrainContext, TrainResult
-from daemon.trainers.mlx import KEEP_CHECKPOINTS, MLXTrainer
 from tests.fake_ollama import FakeOllama
 from tests.models import (  # noqa: F401
     FACT,
@@ -159,11 +159,10 @@ def test_gguf_of_the_fused_model_answers_through_llama_cpp_and_ollama(
     llama.cpp must tokenize the chat exactly as the model was trained (its pieces, no space
     after special tokens), or a small model's answer falls apart mid-word.
     """
+    from lorainbox.export.gguf import convert_to_gguf
+    from lorainbox.export.ollama import OllamaClient, register_model
+    from lorainbox.ui.chat import chat_once
     from transformers import AutoTokenizer
-
-    from daemon.chat import chat_once
-    from daemon.export.gguf import convert_to_gguf
-    from daemon.ollama import OllamaClient, register_model
 
     fused = fact.ctx.fused_dir if fact.ctx.fused_dir.is_dir() else MLXTrainer().fuse(fact.ctx)
     info = convert_to_gguf(fused, tmp_path / "model.gguf", outtype)  # type: ignore[arg-type]

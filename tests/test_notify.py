@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from daemon.notify import (
+from lorainbox.platform.notifier import (
     Notifier,
     applescript_string,
     done_message,
@@ -52,7 +51,7 @@ def test_notify_send_on_linux(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     bin_dir = tmp_path / "bin"
     fake_tool(bin_dir, "notify-send")
     image = tmp_path / "loss.png"
-    caplog.set_level(logging.INFO, logger="daemon.notify")
+    caplog.set_level(logging.INFO, logger="lorainbox.platform.notifier")
     posted = Notifier(platform="linux", search_path=str(bin_dir)).notify(
         "pirate-bot", done_message("pirate-bot"), kind="done", image=image
     )
@@ -164,7 +163,7 @@ def test_a_notifier_that_hangs_is_cut_off(tmp_path: Path, caplog: pytest.LogCapt
 
 
 def test_no_notifier_means_only_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.notify")
+    caplog.set_level(logging.INFO, logger="lorainbox.platform.notifier")
     empty = tmp_path / "empty"
     empty.mkdir()
     for platform in ("linux", "darwin"):

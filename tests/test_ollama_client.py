@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-
-from daemon.errors import DropError
-from daemon.export.templates import CHATML
-from daemon.ollama import (
+from lorainbox.core.errors import DropError
+from lorainbox.export.ollama import (
     UPLOADING,
     OllamaClient,
     OllamaError,
@@ -29,6 +27,8 @@ from daemon.ollama import (
     suggest_model_name,
     validate_model_name,
 )
+from lorainbox.export.templates import CHATML
+
 from tests.fake_ollama import free_port
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The time left that progress lines report: one slow first step must not skew it."""
 
-from daemon.trainers.pace import Pace
+from lorainbox.trainers.pace import Pace
 
 
 class Clock:

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lorainbox.core.events import JobChanged, JobProgress
+from lorainbox.core.hub import Hub
+from lorainbox.core.humanize import loss_text
+from lorainbox.pipeline.jobs import JobStore, State
+from lorainbox.ui.cli import progress_text
+from lorainbox.ui.progress import ProgressView
 from rich.console import Console
-
-from daemon.cli import progress_text
-from daemon.events import JobChanged, JobProgress
-from daemon.hub import Hub
-from daemon.humanize import loss_text
-from daemon.jobs import JobStore, State
-from daemon.progress import ProgressView
 
 TRAINING = {
     "step": 120,

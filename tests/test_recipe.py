@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from daemon.errors import DropError, Problem
-from daemon.recipe import (
+from lorainbox.core.errors import DropError, Problem
+from lorainbox.drop.recipe import (
     BUILTIN_RECIPES,
     Recipe,
     default_recipe,

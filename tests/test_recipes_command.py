@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from daemon.recipe import BUILTIN_RECIPES, load_recipe, recipe_search_dirs, recipe_summary
+from lorainbox.drop.recipe import BUILTIN_RECIPES, load_recipe, recipe_search_dirs, recipe_summary
+
 from tests.daemon_proc import lorainbox
 
 

@@ -8,7 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from daemon.jobs import JobStore, State
+from lorainbox.pipeline.jobs import JobStore, State
+
 from tests.daemon_proc import ENTRY, lorainbox, wait_for
 from tests.drops import chat_lines, drop_with
 

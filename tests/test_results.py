@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from daemon.results import trained_text
+from lorainbox.pipeline.results import trained_text
 
 
 def test_trained_line_names_steps_trainer_device_and_compiling() -> None:
@@ -18,8 +18,8 @@ def test_no_trained_line_before_training_has_a_result() -> None:
 
 
 def test_the_resolved_recipe_is_toml_that_trains_the_same_again(tmp_path: Path) -> None:
-    from daemon.recipe import BUILTIN_RECIPES, load_recipe
-    from daemon.results import resolved_toml
+    from lorainbox.drop.recipe import BUILTIN_RECIPES, load_recipe
+    from lorainbox.pipeline.results import resolved_toml
 
     drop = tmp_path / "pirates"
     drop.mkdir()

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lorainbox.pipeline.jobs import Job, JobStore, State
 
-from daemon.jobs import Job, JobStore, State
 from tests.daemon_proc import ENTRY, DaemonProc, resumed_steps, trained, wait_for
 from tests.drops import chat_lines, drop_with
 

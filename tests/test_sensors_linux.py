@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
-from daemon.sensors.base import Readings
-from daemon.sensors.linux import (
+from lorainbox.platform.sensors.base import Readings
+from lorainbox.platform.sensors.linux import (
     LinuxPower,
     LinuxSensors,
     parse_logind_idle,

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
-from daemon.sensors.macos import (
+from lorainbox.platform.sensors.macos import (
     IOREG_IDLE,
     MEMORY_PRESSURE,
     PMSET_BATT,

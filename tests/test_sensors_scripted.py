@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-
-from daemon.sensors import make_sensors
-from daemon.sensors.base import UnknownSensors
-from daemon.sensors.linux import LinuxSensors
-from daemon.sensors.macos import MacSensors
-from daemon.sensors.scripted import ScriptedSensors, ScriptError
+from lorainbox.platform.sensors import make_sensors
+from lorainbox.platform.sensors.base import UnknownSensors
+from lorainbox.platform.sensors.linux import LinuxSensors
+from lorainbox.platform.sensors.macos import MacSensors
+from lorainbox.platform.sensors.scripted import ScriptedSensors, ScriptError
 
 
 class Clock:

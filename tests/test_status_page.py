@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lorainbox.pipeline.jobs import JobStore, State
+from lorainbox.ui.status_server import StatusServer
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from daemon.jobs import JobStore, State
-from daemon.status_server import StatusServer
 from tests.test_status_server import READINGS, make_jobs
 
 # Debian's Chromium on Linux (`make test` installs it); elsewhere Playwright's own browser.

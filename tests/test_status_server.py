@@ -16,10 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from daemon.jobs import JobStore, State
-from daemon.sensors.base import Readings
-from daemon.status_server import StatusServer, ensure_token, page_url, read_token
+from lorainbox.pipeline.jobs import JobStore, State
+from lorainbox.platform.sensors.base import Readings
+from lorainbox.ui.status_server import StatusServer, ensure_token, page_url, read_token
 
 READINGS = Readings(
     on_ac_power=False,
@@ -328,7 +327,7 @@ def test_port_in_use_raises(site: Site, tmp_path: Path) -> None:
 def test_requests_go_to_the_logger_not_stderr(
     site: Site, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="lorainbox.status"):
+    with caplog.at_level(logging.DEBUG, logger="lorainbox.ui.status_server"):
         site.get("/api/health")
         site.post(f"/api/jobs/{site.ids['waiter']}/cancel", token=site.server.token)
     messages = [r.getMessage() for r in caplog.records]
@@ -347,8 +346,8 @@ def _free_port() -> int:
 
 
 def test_daemon_serves_the_page_while_it_runs(tmp_path: Path) -> None:
-    from daemon.config import Settings
-    from daemon.service import Daemon
+    from lorainbox.core.config import Settings
+    from lorainbox.pipeline.service import Daemon
 
     settings = Settings(
         inbox=tmp_path / "inbox", state_dir=tmp_path / "state", status_port=_free_port()
@@ -373,8 +372,8 @@ def test_daemon_serves_the_page_while_it_runs(tmp_path: Path) -> None:
 def test_daemon_goes_on_without_the_page_when_the_port_is_taken(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from daemon.config import Settings
-    from daemon.service import Daemon
+    from lorainbox.core.config import Settings
+    from lorainbox.pipeline.service import Daemon
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -384,15 +383,15 @@ def test_daemon_goes_on_without_the_page_when_the_port_is_taken(
             inbox=tmp_path / "inbox", state_dir=tmp_path / "state", status_port=port
         )
         daemon = Daemon(settings, once=True)
-        with caplog.at_level(logging.WARNING, logger="lorainbox.status"):
+        with caplog.at_level(logging.WARNING, logger="lorainbox.ui.status_server"):
             assert daemon.run() == 0
     assert daemon.status_url is None
     assert any("not free" in r.getMessage() for r in caplog.records)
 
 
 def test_status_port_zero_turns_the_page_off(tmp_path: Path) -> None:
-    from daemon.config import Settings
-    from daemon.service import Daemon
+    from lorainbox.core.config import Settings
+    from lorainbox.pipeline.service import Daemon
 
     settings = Settings(inbox=tmp_path / "inbox", state_dir=tmp_path / "state", status_port=0)
     daemon = Daemon(settings, once=True)
@@ -405,9 +404,8 @@ def test_status_web_prints_the_page_with_its_token(
 ) -> None:
     import webbrowser
 
+    from lorainbox.ui.cli import app
     from typer.testing import CliRunner
-
-    from daemon.cli import app
 
     opened: list[str] = []
     monkeypatch.setattr(webbrowser, "open", opened.append)

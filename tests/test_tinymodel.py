@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from lorainbox.core.errors import DropError
+from lorainbox.models.base import check_model_dir, resolve_base_model, tiny_model
+from lorainbox.models.tinymodel import copy_model
 
-from daemon.errors import DropError
-from daemon.models import check_model_dir, resolve_base_model, tiny_model
-from daemon.tinymodel import copy_model
 from tests.models import tiny_llama  # noqa: F401
 
 
@@ -33,10 +33,9 @@ def test_tiny_model_is_built_once_and_loads_everywhere(tiny_llama: Path) -> None
 
 
 def test_tiny_qwen2_loads_in_mlx_lm_and_transformers_and_converts_to_gguf(tmp_path: Path) -> None:
+    from lorainbox.export.gguf import convert_to_gguf
     from mlx_lm import load
     from transformers import AutoModelForCausalLM
-
-    from daemon.export.gguf import convert_to_gguf
 
     qwen = tiny_model("tiny-qwen2")
     assert check_model_dir(qwen)["model_type"] == "qwen2"

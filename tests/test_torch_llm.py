@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 import torch
-
-from daemon.errors import DropError
-from daemon.recipe import Recipe, TrainSpec
-from daemon.trainers.base import Emitter, Footprint, OutOfMemory, Paused, TrainContext
-from daemon.trainers.torch_common import (
+from lorainbox.core.errors import DropError
+from lorainbox.drop.recipe import Recipe, TrainSpec
+from lorainbox.trainers.base import Emitter, Footprint, OutOfMemory, Paused, TrainContext
+from lorainbox.trainers.torch_common import (
     MPSFallbackLog,
     list_checkpoints,
     load_latest_checkpoint,
@@ -32,7 +31,7 @@ from daemon.trainers.torch_common import (
     pick_device,
     save_checkpoint,
 )
-from daemon.trainers.torch_llm import (
+from lorainbox.trainers.torch_llm import (
     COMPILE_MIN_STEPS,
     IGNORE,
     Example,
@@ -130,10 +129,9 @@ def greedy_answer(model: Any, tokenizer: Any) -> str:
 
 def test_learns_a_fact_fuses_and_converts_to_gguf(tiny_hf: Path, tmp_path: Path) -> None:
     from gguf import GGUFReader
+    from lorainbox.export.gguf import convert_to_gguf
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from daemon.export.gguf import convert_to_gguf
 
     ctx, out = make_ctx(tmp_path / "job", tiny_hf)
     trainer = TorchLLMTrainer()
@@ -256,7 +254,7 @@ def test_changed_lora_settings_start_over_and_keep_the_old_checkpoints(
 def test_out_of_memory_in_a_step_becomes_out_of_memory(
     tiny_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.trainers.torch_llm as torch_llm
+    import lorainbox.trainers.torch_llm as torch_llm
 
     def boom(*args: Any) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -268,7 +266,8 @@ def test_out_of_memory_in_a_step_becomes_out_of_memory(
 
 
 def test_worker_pauses_on_sigterm_and_resumes(tiny_hf: Path, tmp_path: Path) -> None:
-    from daemon.worker import WORK_DIR, JobSpec
+    from lorainbox.core.layout import WORK_DIR
+    from lorainbox.worker.spec import JobSpec
 
     job = tmp_path / "job"
     ctx, _ = make_ctx(job, tiny_hf, train={"iters": 40, "steps_per_report": 1}, valid=False)
@@ -277,7 +276,7 @@ def test_worker_pauses_on_sigterm_and_resumes(tiny_hf: Path, tmp_path: Path) -> 
     )
     JobSpec(job_id=1, recipe=recipe, train_file=ctx.train_file, memory_budget_gb=8.0).save(job)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "daemon.worker", str(job)]
+    cmd = [sys.executable, "-m", "lorainbox.worker", str(job)]
 
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
@@ -426,7 +425,7 @@ def test_length_grouped_batches_waste_less_padding() -> None:
 
 
 def test_lora_config_follows_the_recipe() -> None:
-    from daemon.recipe import LoraSpec
+    from lorainbox.drop.recipe import LoraSpec
 
     cfg = lora_config(LoraSpec(rank=8, scale=2.0, num_layers=2), "qwen2", 24)
     assert cfg.r == 8 and cfg.lora_alpha == 16.0 and cfg.layers_to_transform == [22, 23]
@@ -510,7 +509,7 @@ def test_learning_rate_schedules() -> None:
 
 
 def test_mlx_quantized_base_is_refused(tmp_path: Path) -> None:
-    from daemon.trainers.torch_llm import check_torch_loadable
+    from lorainbox.trainers.torch_llm import check_torch_loadable
 
     with pytest.raises(DropError, match="quantized for MLX"):
         check_torch_loadable({"quantization": {"bits": 4, "group_size": 64}}, tmp_path)
@@ -518,9 +517,8 @@ def test_mlx_quantized_base_is_refused(tmp_path: Path) -> None:
 
 
 def test_examples_without_anything_to_learn_are_reported(tiny_hf: Path, tmp_path: Path) -> None:
+    from lorainbox.trainers.torch_llm import tokenize_file
     from transformers import AutoTokenizer
-
-    from daemon.trainers.torch_llm import tokenize_file
 
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"prompt": "word " * 200, "completion": "yes"}) + "\n")
@@ -537,8 +535,8 @@ def test_bf16_weights_with_autocast_as_on_cuda(
     tiny_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CUDA's path (bfloat16 frozen weights, float32 LoRA, autocast) on the CPU's autocast."""
-    import daemon.trainers.torch_llm as torch_llm
-    from daemon.trainers.torch_common import DeviceSetup
+    import lorainbox.trainers.torch_llm as torch_llm
+    from lorainbox.trainers.torch_common import DeviceSetup
 
     setup = DeviceSetup(torch.device("cpu"), torch.bfloat16, torch.bfloat16, False)
     monkeypatch.setattr(torch_llm, "setup_device", lambda *a, **k: setup)

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
+from lorainbox.pipeline.jobs import JobStore
 
-from daemon.jobs import JobStore
 from tests.daemon_proc import ENTRY, lorainbox
 from tests.drops import chat_lines, drop_with, fast_drop
 from tests.fake_ollama import FakeOllama

@@ -3,8 +3,7 @@
 import logging
 
 import pytest
-
-from daemon.trainlog import Narrator
+from lorainbox.worker.trainlog import Narrator
 
 
 @pytest.fixture
@@ -64,7 +63,7 @@ def test_errors_name_what_and_where(narrator: Narrator) -> None:
 def test_the_emitter_tells_the_narrator_every_event(caplog: pytest.LogCaptureFixture) -> None:
     import io
 
-    from daemon.trainers.base import Emitter
+    from lorainbox.trainers.base import Emitter
 
     emitter = Emitter(io.StringIO(), narrate=Narrator(logging.getLogger("test.trainlog")))
     with caplog.at_level(logging.INFO, logger="test.trainlog"):

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lorainbox.drop.recipe import Recipe
+from lorainbox.models.tinymodel import copy_model
+from lorainbox.trainers.memory import estimate_gb, longest_example_tokens, read_model_shape
+from lorainbox.worker.main import JobSpec
+from lorainbox.worker.outcome import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
 
-from daemon.recipe import Recipe
-from daemon.tinymodel import copy_model
-from daemon.trainers.base import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
-from daemon.trainers.memory import estimate_gb, longest_example_tokens, read_model_shape
-from daemon.worker import JobSpec
 from tests.models import REPO, TINY_FACT, read_lines, tiny_fact_recipe, tiny_llama  # noqa: F401
 
 QUICK = {
@@ -45,7 +45,7 @@ def make_job(
 
 def start(job: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "daemon.worker", str(job)],
+        [sys.executable, "-m", "lorainbox.worker", str(job)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=open(job / "worker.log", "a"),  # noqa: SIM115
@@ -142,7 +142,7 @@ def test_peak_over_budget_while_training_exits_71_after_a_checkpoint(
         budget=0.65,
         footprint={"batch_size": 16, "max_seq_length": 256, "grad_checkpoint": False},
     )
-    words = (REPO / "daemon" / "tinymodel.py").read_text().split()
+    words = (REPO / "daemon" / "lorainbox" / "models" / "tinymodel.py").read_text().split()
     with open(job / "train.jsonl", "w") as f:
         for i in range(16):
             f.write(json.dumps({"text": " ".join(words[i * 7 : i * 7 + 400])}) + "\n")
@@ -192,7 +192,7 @@ def test_an_mlx_worker_does_not_load_torch(tiny_llama: Path) -> None:  # noqa: F
     """transformers imports torch whenever it is installed; an MLX job only needs its tokenizer."""
     code = f"""
 import sys, psutil
-from daemon.worker import pick_trainer
+from lorainbox.worker.main import pick_trainer
 from tests.models import tiny_fact_recipe
 trainer = pick_trainer(tiny_fact_recipe())
 from mlx_lm import load

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-log = logging.getLogger("lorainbox.hub")
+log = logging.getLogger(__name__)
 
 E = TypeVar("E")
 

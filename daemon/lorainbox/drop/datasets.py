@@ -26,9 +26,10 @@ from typing import Any, BinaryIO, Literal, cast
 
 from PIL import Image
 
-from daemon.atomic import replacing
-from daemon.errors import DropError, Problem
-from daemon.recipe import RECIPE_FILE, DataSpec, _line_of
+from lorainbox.core.atomic import replacing
+from lorainbox.core.errors import DropError, Problem
+from lorainbox.core.layout import ERROR_FILE, RECIPE_FILE, STATUS_FILE, is_partial
+from lorainbox.drop.recipe import DataSpec, line_of
 
 DataKind = Literal["chat", "completions", "text", "images"]
 LLM_KINDS = ("chat", "completions", "text")
@@ -42,8 +43,7 @@ TRAIN_FILE, VALID_FILE, TEST_FILE = "train.jsonl", "valid.jsonl", "test.jsonl"
 VALID_ALIASES = (VALID_FILE, "validation.jsonl", "val.jsonl")
 IMAGES_FILE = "images.jsonl"
 
-_TEMP_PATTERNS = ("~$*", "*.part", "*.partial", "*.download", "*.crdownload", "*.tmp")
-_NEVER_DATA = ("recipe.toml", "error.md", "status.json", "readme*")
+_NEVER_DATA = (RECIPE_FILE, ERROR_FILE.lower(), STATUS_FILE, "readme*")
 _KOHYA_DIR = re.compile(r"(\d+)_(.+)")
 _ROLE_HINTS = {
     "human": "user",
@@ -224,7 +224,7 @@ def _is_data_name(name: str) -> bool:
     if name.startswith(".") or name == "Icon\r":
         return False
     low = name.lower()
-    return not any(fnmatch.fnmatchcase(low, p) for p in (*_TEMP_PATTERNS, *_NEVER_DATA))
+    return not is_partial(name) and not any(fnmatch.fnmatchcase(low, p) for p in _NEVER_DATA)
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -252,7 +252,7 @@ def _folder_where(drop: Path, folder: Path) -> str:
 
 def _recipe_where(drop: Path, key: str, section: tuple[str, ...] = ("data",)) -> str:
     recipe = drop / RECIPE_FILE
-    line = _line_of(recipe, list(section), key) if recipe.is_file() else None
+    line = line_of(recipe, list(section), key) if recipe.is_file() else None
     label = f"[{'.'.join(section)}] {key}" if section else key
     return f"{RECIPE_FILE}, line {line}" if line else f"{RECIPE_FILE}, {label}"
 

@@ -12,10 +12,16 @@ import json
 import shutil
 from pathlib import Path
 
-from daemon import atomic
-from daemon.recipe import Recipe
+from lorainbox.core import atomic
+from lorainbox.core.layout import (
+    CHECKPOINTS_DIR,
+    KEYS_FILE,
+    METRICS_FILE,
+    SAMPLES_FILE,
+    TRAINED_MARKER,
+)
+from lorainbox.drop.recipe import Recipe
 
-KEYS_FILE = "keys.json"
 TRAINING_FIELDS = {"kind", "base_model", "trainer", "data", "lora", "train", "diffusion"}
 """The recipe's parts that change what training makes (not its schedule, memory or Ollama)."""
 
@@ -54,9 +60,9 @@ def forget_stale(work_dir: Path, now: dict[str, str], gguf: Path) -> str | None:
     before = json.loads(path.read_text()) if path.exists() else now
     said = None
     if before.get("training") != now["training"]:
-        for stale in ("trained.json", "metrics.jsonl", "samples.json"):
+        for stale in (TRAINED_MARKER, METRICS_FILE, SAMPLES_FILE):
             (work_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(work_dir / CHECKPOINTS_DIR, ignore_errors=True)
         gguf.unlink(missing_ok=True)
         said = "the recipe or data changed since this drop was trained: training it again"
     elif before.get("export") != now["export"] and gguf.exists():

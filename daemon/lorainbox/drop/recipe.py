@@ -2,7 +2,7 @@
 
 A recipe is parsed with tomllib, merged over the recipe it ``extends`` (built-in ones live in
 ``recipes/``, a person's own in ``<inbox>/recipes/``), and validated by pydantic into one typed
-:class:`Recipe`. Every mistake becomes a :class:`~daemon.errors.Problem` naming the key, the file
+:class:`Recipe`. Every mistake becomes a :class:`~lorainbox.core.errors.Problem` naming the key, the file
 and the line, with the closest valid key when a name is misspelt.
 """
 
@@ -17,16 +17,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.errors import DropError, Problem
-from daemon.gates import parse_window
+from lorainbox.core.errors import DropError, Problem
+from lorainbox.core.share import BUILTIN_RECIPES
+from lorainbox.drop.window import parse_window
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECIPE_FILE = "recipe.toml"
-BUILTIN_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = {
     "chat": "chat-lora",
     "completions": "chat-lora",
@@ -325,7 +324,7 @@ def _resolve(
         closing = chain[-1]
         raise DropError.one(
             f"recipes extend each other in a cycle: {names}",
-            f"{closing}, line {_line_of(closing, [], 'extends') or '?'}",
+            f"{closing}, line {line_of(closing, [], 'extends') or '?'}",
             "remove one of the `extends` lines so the chain ends at a built-in recipe",
         )
     data = read_toml(path)
@@ -333,7 +332,7 @@ def _resolve(
     if parent_name is None:
         _record_sources(data, path, (), sources)
         return data
-    where = f"{path}, line {_line_of(path, [], 'extends') or '?'}"
+    where = f"{path}, line {line_of(path, [], 'extends') or '?'}"
     if not isinstance(parent_name, str) or not parent_name:
         raise DropError.one(
             "`extends` must be the name of a recipe, in quotes",
@@ -421,7 +420,7 @@ def _problem(err: Any, path: Path, sources: dict[tuple[str, ...], Path]) -> Prob
     loc = [str(p) for p in err["loc"]]
     section, key = (loc[:-1], loc[-1]) if loc else ([], "")
     source = sources.get(tuple(loc), path)
-    line = _line_of(source, section, key)
+    line = line_of(source, section, key)
     where = f"{source}, line {line}" if line else str(source)
     dotted = ".".join(loc)
     etype = err["type"]
@@ -444,7 +443,7 @@ def _problem(err: Any, path: Path, sources: dict[tuple[str, ...], Path]) -> Prob
     value = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
     if etype == "value_error" and isinstance(value, dict) and loc:  # a rule across a table's keys
-        line = _line_of(source, loc, "")
+        line = line_of(source, loc, "")
         return Problem(
             f"[{dotted}]: {msg}",
             f"{source}, line {line}" if line else str(source),
@@ -474,7 +473,7 @@ def _fix_hint(etype: str, dotted: str) -> str:
     return f"see the recipe reference in the README for `{dotted}`"
 
 
-def _line_of(path: Path, section: list[str], key: str) -> int | None:
+def line_of(path: Path, section: list[str], key: str) -> int | None:
     """Line number of ``key`` inside ``[section]`` (tomllib keeps no positions)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

@@ -1,4 +1,4 @@
-"""Runs llama.cpp's converter (``python -m daemon.export.converter [--no-space-prefix] ARGS``).
+"""Runs llama.cpp's converter (``python -m lorainbox.export.converter [--no-space-prefix] ARGS``).
 
 One thing the converter leaves out: for a SentencePiece tokenizer it never writes
 ``tokenizer.ggml.add_space_prefix``, so llama.cpp (and Ollama) put a "▁" before every piece

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from gguf import GGUFReader, LlamaFileType
 
-from daemon.errors import DropError, Problem
-from daemon.export.converter import NO_SPACE_PREFIX
+from lorainbox.core.errors import DropError, Problem
+from lorainbox.export.converter import NO_SPACE_PREFIX
 
 OutType = Literal["f16", "q8_0", "bf16", "f32"]
 OUTTYPES: tuple[str, ...] = ("f16", "q8_0", "bf16", "f32")
@@ -304,7 +304,7 @@ def _run_converter(
     on_progress: ProgressFn | None,
     model_name: str | None = None,
 ) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "daemon.export.converter"]
+    cmd = [sys.executable, "-m", "lorainbox.export.converter"]
     cmd += [NO_SPACE_PREFIX] if _no_space_prefix(hf_dir) else []
     cmd += [str(hf_dir)]
     cmd += ["--outfile", str(out), "--outtype", outtype]

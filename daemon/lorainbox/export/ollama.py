@@ -26,8 +26,9 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from daemon.errors import DropError
-from daemon.export.templates import chat_format, ollama_template
+from lorainbox.core.errors import DropError
+from lorainbox.core.layout import GGUF
+from lorainbox.export.templates import chat_format, ollama_template
 
 DEFAULT_PORT = "11434"
 CHUNK = 1 << 20
@@ -487,7 +488,7 @@ def register_model(
     same ``stamp`` so the retry makes the same version tag.
     """
     validate_model_name(name, allow_tag=False)
-    from daemon.export.gguf import inspect_gguf, stop_tokens  # numpy + gguf: only when needed
+    from lorainbox.export.gguf import inspect_gguf, stop_tokens  # numpy + gguf: only when needed
 
     info = inspect_gguf(gguf)
     notes: list[str] = []
@@ -534,7 +535,7 @@ def register_model(
 
     client.create(
         version,
-        files={info.path.name if info.path.suffix == ".gguf" else "model.gguf": digest},
+        files={info.path.name if info.path.suffix == ".gguf" else GGUF: digest},
         template=go_template,
         system=system,
         parameters=params,

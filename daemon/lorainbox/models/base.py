@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import DropError
+from lorainbox.core.errors import DropError
 
 TINY_PREFIX = "lorainbox:"
 TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
@@ -84,7 +84,7 @@ def tiny_model(name: str) -> Path:
     final = models / f"{name}-v{TINY_BUILD}"
     if (final / "config.json").is_file():
         return final
-    from daemon.tinymodel import build_tiny_model
+    from lorainbox.models.tinymodel import build_tiny_model
 
     models.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=models))

@@ -14,19 +14,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import atomic
-from daemon.datasets import detect_kind, inspect_data, prepare_split
-from daemon.errors import DropError
-from daemon.events import DropRejected, JobChanged, Wake
-from daemon.hub import Hub
-from daemon.inbox import InboxLayout
-from daemon.jobs import Job, JobStore, State
-from daemon.recipe import RECIPE_FILE, Recipe, default_recipe, load_recipe, recipe_search_dirs
-from daemon.worker import WORK_DIR
+from lorainbox.core import atomic
+from lorainbox.core.errors import DropError
+from lorainbox.core.events import DropRejected, JobChanged, Wake
+from lorainbox.core.hub import Hub
+from lorainbox.core.layout import ERROR_FILE, RECIPE_FILE, WORK_DIR
+from lorainbox.drop.datasets import detect_kind, inspect_data, prepare_split
+from lorainbox.drop.recipe import Recipe, default_recipe, load_recipe, recipe_search_dirs
+from lorainbox.pipeline.jobs import Job, JobStore, State
+from lorainbox.pipeline.watcher import InboxLayout
 
-log = logging.getLogger("lorainbox.intake")
+log = logging.getLogger(__name__)
 
-ERROR_FILE = "ERROR.md"
 RESOLVED_RECIPE = "recipe.resolved.json"
 
 

@@ -19,7 +19,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from daemon import atomic
+from lorainbox.core import atomic
+from lorainbox.core.layout import STATUS_FILE
 
 
 class State(str, Enum):
@@ -303,7 +304,7 @@ def write_status_file(job: Job) -> None:
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(job.updated_at)),
     }
     with contextlib.suppress(OSError):  # a missing or full folder: SQLite holds the truth
-        atomic.write_text(folder / "status.json", json.dumps(data, indent=2) + "\n")
+        atomic.write_text(folder / STATUS_FILE, json.dumps(data, indent=2) + "\n")
 
 
 _PAUSABLE = (State.QUEUED, State.WAITING, State.TRAINING, State.PAUSED)
@@ -312,8 +313,9 @@ _PAUSABLE = (State.QUEUED, State.WAITING, State.TRAINING, State.PAUSED)
 def refusal(job: Job, action: str) -> str | None:
     """Why ``action`` doesn't apply to ``job`` in its state, or None when it does.
 
-    Mirrors what the daemon does with a request (``Daemon._apply_request``), so the API can say
-    409 and the command line refuse now, instead of the request silently doing nothing later.
+    The one rule for requests: the daemon acts only on what this allows (``Daemon.apply_request``),
+    the API says 409 and the command line refuses at once, instead of a request silently doing
+    nothing later.
     """
     s = job.state
     named = f"job {job.id} {job.name}"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from daemon.events import DropRejected, JobChanged
-from daemon.hub import Hub
-from daemon.jobs import JobStore
-from daemon.notify import Notifier
+from lorainbox.core.events import DropRejected, JobChanged
+from lorainbox.core.hub import Hub
+from lorainbox.core.layout import APP_NAME
+from lorainbox.pipeline.jobs import JobStore
+from lorainbox.platform.notifier import Notifier
 
 
 class NotificationRelay:
@@ -26,13 +27,13 @@ class NotificationRelay:
                 msg = f"{e.name} is trained; results are in {job.folder}"
             image = job.folder / "samples.png"
             self.notifier.notify(
-                "LoRA Inbox", msg, kind="done", image=image if image.exists() else None
+                APP_NAME, msg, kind="done", image=image if image.exists() else None
             )
         elif e.state == "paused":
-            self.notifier.notify("LoRA Inbox", f"{e.name} paused: {e.detail}", kind="paused")
+            self.notifier.notify(APP_NAME, f"{e.name} paused: {e.detail}", kind="paused")
 
     def _on_rejected(self, e: DropRejected) -> None:
         first = e.message.split(";")[0]
         self.notifier.notify(
-            "LoRA Inbox", f"{e.name} failed: {first}. See ERROR.md in {e.path}", kind="failed"
+            APP_NAME, f"{e.name} failed: {first}. See ERROR.md in {e.path}", kind="failed"
         )

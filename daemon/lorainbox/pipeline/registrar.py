@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from daemon.jobs import Job, JobStore, State
-from daemon.ollama import OllamaClient, OllamaError, OllamaUnavailable, register_model
-from daemon.supervisor import load_recipe_of
+from lorainbox.core.layout import GGUF
+from lorainbox.export.ollama import OllamaClient, OllamaError, OllamaUnavailable, register_model
+from lorainbox.pipeline.jobs import Job, JobStore, State
+from lorainbox.pipeline.supervisor import load_recipe_of
 
-log = logging.getLogger("lorainbox.registrar")
+log = logging.getLogger(__name__)
 
 FIRST_DELAY = 5.0
 
@@ -43,7 +44,7 @@ class Registrar:
 
     def attempt(self, job: Job) -> None:
         recipe = load_recipe_of(job)
-        gguf = Path(job.folder) / "model.gguf"
+        gguf = Path(job.folder) / GGUF
         # One version tag per job, however many tries it takes.
         stamp = job.result.get("register_stamp") or datetime.now().isoformat(timespec="seconds")
         if "register_stamp" not in job.result:

@@ -15,23 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from daemon.humanize import loss_text
-from daemon.jobs import Job, JobStore
-from daemon.recipe import Recipe
-from daemon.worker import WORK_DIR
+from lorainbox.core.humanize import loss_text
+from lorainbox.core.layout import GGUF, LOSS_PNG, METRICS_FILE, MODELFILE, REPORT, WORK_DIR
+from lorainbox.drop.recipe import Recipe
+from lorainbox.pipeline.jobs import Job, JobStore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-log = logging.getLogger("lorainbox.results")
-
-REPORT = "report.md"
-LOSS_PNG = "loss.png"
-MODELFILE = "Modelfile"
+log = logging.getLogger(__name__)
 
 
 def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
-    path = job_dir / WORK_DIR / "metrics.jsonl"
+    path = job_dir / WORK_DIR / METRICS_FILE
     if not path.exists():
         return []
     rows = []
@@ -63,6 +59,7 @@ def loss_series(
 LOG_SPAN = 20
 """Losses spanning more than this factor are plotted on a log scale: on a linear one a fall
 from 5 to 0.001 is a flat line at zero after the first steps."""
+
 LOSS_ROWS = 20
 MAX_VALID_ROWS = 50
 """Validation rows the loss table keeps at most, so a run that evaluates every few steps
@@ -121,11 +118,11 @@ def plot_loss(job_dir: Path, title: str) -> Path | None:
 
 
 def write_modelfile(job_dir: Path, recipe: Recipe) -> Path | None:
-    gguf = job_dir / "model.gguf"
+    gguf = job_dir / GGUF
     if not gguf.exists():
         return None
-    from daemon.export.gguf import inspect_gguf, modelfile_text, stop_tokens
-    from daemon.export.templates import ollama_template
+    from lorainbox.export.gguf import inspect_gguf, modelfile_text, stop_tokens
+    from lorainbox.export.templates import ollama_template
 
     info = inspect_gguf(gguf)
     params = dict(recipe.ollama.parameters)
@@ -195,8 +192,8 @@ def _summary(job: Job, recipe: Recipe) -> list[str]:
             f"Once Ollama runs: `lorainbox register {job_dir_name(job)}/model.gguf "
             f"--name {recipe.ollama_model}` or `ollama create {recipe.ollama_model} -f Modelfile`"
         )
-    if (job.folder / "model.gguf").exists():
-        size = (job.folder / "model.gguf").stat().st_size / 1e6
+    if (job.folder / GGUF).exists():
+        size = (job.folder / GGUF).stat().st_size / 1e6
         out.append(f"- **GGUF:** `model.gguf` ({size:.1f} MB, {recipe.export.outtype})")
     return [*out, ""]
 

@@ -18,14 +18,14 @@ from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from daemon.events import JobChanged, Wake
-from daemon.gates import GateResult, evaluate
-from daemon.hub import Hub
-from daemon.jobs import Job, JobStore, State
-from daemon.sensors import Readings, Sensors
-from daemon.supervisor import Supervisor, load_recipe_of
+from lorainbox.core.events import JobChanged, Wake
+from lorainbox.core.hub import Hub
+from lorainbox.pipeline.gates import GateResult, evaluate
+from lorainbox.pipeline.jobs import Job, JobStore, State
+from lorainbox.pipeline.supervisor import Supervisor, load_recipe_of
+from lorainbox.platform.sensors import Readings, Sensors
 
-log = logging.getLogger("lorainbox.scheduler")
+log = logging.getLogger(__name__)
 
 CANDIDATES = (State.QUEUED, State.WAITING, State.PAUSED)
 

@@ -19,33 +19,29 @@ from typing import IO
 
 import psutil
 
-from daemon.config import Settings
-from daemon.errors import DropError
-from daemon.events import DropReady, DropRejected, JobChanged, Wake
-from daemon.hub import Hub
-from daemon.inbox import InboxLayout, InboxWatcher
-from daemon.intake import ERROR_FILE, Intake, write_error_file
-from daemon.jobs import Job, JobStore, State
-from daemon.notifications import NotificationRelay
-from daemon.registrar import Registrar
-from daemon.results import write_results
-from daemon.scheduler import Scheduler
-from daemon.sensors import Sensors, make_sensors
-from daemon.status_server import StatusServer, start_status_server
-from daemon.supervisor import (
-    EXIT_DROP_ERROR,
-    EXIT_OK,
-    EXIT_OUT_OF_MEMORY,
-    EXIT_PAUSED,
-    Outcome,
+from lorainbox.core.config import Settings
+from lorainbox.core.errors import DropError
+from lorainbox.core.events import DropReady, DropRejected, JobChanged, Wake
+from lorainbox.core.hub import Hub
+from lorainbox.core.layout import ERROR_FILE, GGUF, TRAIN_LOG
+from lorainbox.pipeline.intake import Intake, write_error_file
+from lorainbox.pipeline.jobs import Job, JobStore, State, refusal
+from lorainbox.pipeline.notifications import NotificationRelay
+from lorainbox.pipeline.registrar import Registrar
+from lorainbox.pipeline.results import write_results
+from lorainbox.pipeline.scheduler import Scheduler
+from lorainbox.pipeline.supervisor import (
     Supervisor,
     load_recipe_of,
     problems_error,
+    shrink_after_out_of_memory,
 )
-from daemon.trainers.memory import shrink_after_oom
-from daemon.worker import JobSpec, initial_footprint
+from lorainbox.pipeline.watcher import InboxLayout, InboxWatcher
+from lorainbox.platform.sensors import Sensors, make_sensors
+from lorainbox.ui.status_server import StatusServer, start_status_server
+from lorainbox.worker.outcome import Outcome, Verdict
 
-log = logging.getLogger("lorainbox.daemon")
+log = logging.getLogger(__name__)
 
 
 class AlreadyRunning(RuntimeError):
@@ -131,7 +127,7 @@ class Daemon:
             sensors or make_sensors(settings.sensors),
             inbox=self.inbox_key,
             tick_seconds=settings.tick_seconds,
-            on_request=self._apply_request,
+            on_request=self.apply_request,
             extra_tick=self.registrar.tick,
         )
         self.notifications = NotificationRelay(self.hub, self.store)
@@ -246,18 +242,19 @@ class Daemon:
     def _worker_exited(self, o: Outcome) -> None:
         job = self.store.get(o.job_id)
         self.store.update(job.id, worker_pid=None)
-        if o.stop_reason == "cancel":
-            self._cancelled(job)
-        elif o.code == EXIT_OK:
-            self._trained(job)
-        elif o.code == EXIT_PAUSED or (o.stop_reason and o.code < 0):
-            self._paused(job, o)
-        elif o.code == EXIT_DROP_ERROR:
-            self._fail(job, problems_error(o.problems, "the worker reported a problem"))
-        elif o.code == EXIT_OUT_OF_MEMORY:
-            self._out_of_memory(job, o)
-        else:
-            self._crashed(job, o)
+        match o.verdict:
+            case Verdict.CANCELLED:
+                self._cancelled(job)
+            case Verdict.TRAINED:
+                self._trained(job)
+            case Verdict.PAUSED:
+                self._paused(job, o)
+            case Verdict.DROP_ERROR:
+                self._fail(job, problems_error(o.problems, "the worker reported a problem"))
+            case Verdict.OUT_OF_MEMORY:
+                self._out_of_memory(job, o)
+            case Verdict.CRASHED:
+                self._crashed(job, o)
         self.hub.publish(Wake(f"worker of job {job.id} exited"))
 
     def _trained(self, job: Job) -> None:
@@ -297,28 +294,10 @@ class Daemon:
         )
 
     def _out_of_memory(self, job: Job, o: Outcome) -> None:
-        spec = JobSpec.load(job.folder)
-        smaller = shrink_after_oom(initial_footprint(spec))
-        if smaller is None or job.oom_retries >= self.settings.max_oom_retries:
-            self._fail(
-                job,
-                DropError.one(
-                    f"training ran out of memory {job.oom_retries + 1} times, even after shrinking "
-                    f"the batch and sequence length ({o.message or 'no message'})",
-                    "recipe.toml, [memory] and [train]",
-                    "lower [train] batch_size or max_seq_length, turn on grad_checkpoint, "
-                    "pick a smaller base model, or close other apps and retry",
-                ),
-            )
+        change = shrink_after_out_of_memory(job, o, self.settings.max_oom_retries)
+        if isinstance(change, DropError):
+            self._fail(job, change)
             return
-        spec.footprint = {
-            "batch_size": smaller.batch_size,
-            "max_seq_length": smaller.max_seq_length,
-            "grad_checkpoint": smaller.grad_checkpoint,
-            "changes": smaller.changes,
-        }
-        spec.save(job.folder)
-        change = smaller.changes[-1] if smaller.changes else "smaller footprint"
         self.store.transition(
             job.id,
             State.QUEUED,
@@ -334,7 +313,7 @@ class Daemon:
                 job,
                 DropError.one(
                     f"{what}; gave up after {attempts} tries",
-                    str(job.folder / "train.log"),
+                    str(job.folder / TRAIN_LOG),
                     "read the end of train.log; then `lorainbox retry NAME` resumes from the "
                     "last checkpoint",
                 ),
@@ -367,7 +346,7 @@ class Daemon:
             job,
             DropError.one(
                 f"Ollama refused the model: {message}",
-                str(job.folder / "model.gguf"),
+                str(job.folder / GGUF),
                 "the model trained and converted (model.gguf and Modelfile are kept here); fix "
                 f"what Ollama says, then `lorainbox register model.gguf --name {job.model}`",
             ),
@@ -388,21 +367,25 @@ class Daemon:
 
     # -- requests from the CLI and the status page --------------------------------------------
 
-    def _apply_request(self, job_id: int, action: str) -> None:
+    def apply_request(self, job_id: int, action: str) -> None:
+        """Act on a request from the command line or the status page. What applies to which
+        state is :func:`~lorainbox.pipeline.jobs.refusal`'s rule; this only says how."""
         try:
             job = self.store.get(job_id)
         except KeyError:
             return
+        if refusal(job, action) is not None:
+            return
         running = self.supervisor.current_job_id == job_id
-        if action == "cancel" and not job.state.finished:
+        if action == "cancel":
             if running:
                 self.supervisor.stop("cancel")
             else:
                 self._cancelled(job)
-        elif action == "pause" and not job.state.finished:
+        elif action == "pause":
             if running:
                 self.supervisor.stop("hold")
-            elif job.state in (State.QUEUED, State.WAITING, State.PAUSED):
+            else:
                 self.store.transition(
                     job.id,
                     State.PAUSED,
@@ -410,11 +393,11 @@ class Daemon:
                     held=1,
                     waiting_for="paused by you",
                 )
-        elif action == "resume" and job.state == State.PAUSED:
+        elif action == "resume":
             self.store.transition(
                 job.id, State.QUEUED, detail="resumed by you", held=0, waiting_for=None
             )
-        elif action == "retry" and job.state in (State.FAILED, State.CANCELLED):
+        elif action == "retry":
             self._retry(job)
 
     def _retry(self, job: Job) -> None:
@@ -449,7 +432,7 @@ def _stop_orphan(pid: int | None) -> None:
         return
     try:
         proc = psutil.Process(pid)
-        if "daemon.worker" not in " ".join(proc.cmdline()):
+        if "lorainbox.worker" not in " ".join(proc.cmdline()):
             return
         proc.terminate()
         proc.wait(timeout=120)

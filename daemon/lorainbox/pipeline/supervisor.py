@@ -21,35 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Settings
-from daemon.errors import DropError
-from daemon.events import JobChanged, JobProgress
-from daemon.hub import Hub
-from daemon.jobs import Job, JobStore, State
-from daemon.recipe import Recipe
-from daemon.trainers.base import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
-from daemon.trainers.memory import memory_budget_gb
-from daemon.worker import WORK_DIR, JobSpec, disk_full_while, is_disk_full
+from lorainbox.core.config import Settings
+from lorainbox.core.errors import DropError
+from lorainbox.core.events import JobChanged, JobProgress
+from lorainbox.core.hub import Hub
+from lorainbox.core.layout import TRAIN_LOG, WORK_DIR
+from lorainbox.drop.recipe import Recipe
+from lorainbox.pipeline.jobs import Job, JobStore, State
+from lorainbox.trainers.memory import memory_budget_gb, shrink_after_oom
+from lorainbox.worker.outcome import EXIT_DROP_ERROR, Outcome
+from lorainbox.worker.spec import JobSpec, disk_full_while, initial_footprint, is_disk_full
 
-log = logging.getLogger("lorainbox.supervisor")
-
-TRAIN_LOG = "train.log"
+log = logging.getLogger(__name__)
 
 
 def load_recipe_of(job: Job) -> Recipe:
     return Recipe.model_validate_json((job.folder / WORK_DIR / "recipe.resolved.json").read_text())
-
-
-@dataclass
-class Outcome:
-    """How a worker run ended, for the daemon to act on."""
-
-    job_id: int
-    code: int
-    stop_reason: str | None
-    problems: list[dict[str, str]] | None = None
-    paused_step: int | None = None
-    message: str | None = None
 
 
 @dataclass
@@ -159,7 +146,7 @@ class Supervisor:
             log_file.write(f"\n--- worker started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
             log_file.flush()
             return subprocess.Popen(
-                [sys.executable, "-m", "daemon.worker", str(job.folder)],
+                [sys.executable, "-m", "lorainbox.worker", str(job.folder)],
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 stdin=subprocess.DEVNULL,
@@ -271,11 +258,24 @@ def problems_error(problems: list[dict[str, str]] | None, fallback: str) -> Drop
     return DropError.one(fallback, TRAIN_LOG, "see train.log in this folder for details")
 
 
-__all__ = [
-    "EXIT_DROP_ERROR",
-    "EXIT_OK",
-    "EXIT_OUT_OF_MEMORY",
-    "EXIT_PAUSED",
-    "Outcome",
-    "Supervisor",
-]
+def shrink_after_out_of_memory(job: Job, o: Outcome, max_retries: int) -> str | DropError:
+    """After an out-of-memory exit: save a smaller footprint in the job's spec for its next run
+    and say what changed, or the error to fail with once nothing smaller is left."""
+    spec = JobSpec.load(job.folder)
+    smaller = shrink_after_oom(initial_footprint(spec))
+    if smaller is None or job.oom_retries >= max_retries:
+        return DropError.one(
+            f"training ran out of memory {job.oom_retries + 1} times, even after shrinking "
+            f"the batch and sequence length ({o.message or 'no message'})",
+            "recipe.toml, [memory] and [train]",
+            "lower [train] batch_size or max_seq_length, turn on grad_checkpoint, "
+            "pick a smaller base model, or close other apps and retry",
+        )
+    spec.footprint = {
+        "batch_size": smaller.batch_size,
+        "max_seq_length": smaller.max_seq_length,
+        "grad_checkpoint": smaller.grad_checkpoint,
+        "changes": smaller.changes,
+    }
+    spec.save(job.folder)
+    return smaller.changes[-1] if smaller.changes else "smaller footprint"

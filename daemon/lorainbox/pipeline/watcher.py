@@ -11,7 +11,6 @@ file system) and never overwrite.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
 import os
 import threading
@@ -24,23 +23,20 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
+from lorainbox.core.layout import is_partial
+
 # watchdog's inotify backend warns when a short-lived folder (a checkpoint being written) is
 # watched twice; it handles it, and the warning would only clutter the person's terminal.
 warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
-log = logging.getLogger("lorainbox.inbox")
+log = logging.getLogger(__name__)
 
 AREAS = ("Queue", "Done", "Failed", "recipes")
-PARTIAL_PATTERNS = ("*.part", "*.partial", "*.download", "*.crdownload", "*.tmp", "~$*", ".~lock.*")
 IGNORED_NAMES = (".DS_Store", "Icon\r", ".localized")
 
 
 def is_ignored(name: str) -> bool:
     return name in IGNORED_NAMES or name.startswith("._")
-
-
-def is_partial(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, p) for p in PARTIAL_PATTERNS)
 
 
 class InboxLayout:

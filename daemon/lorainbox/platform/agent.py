@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from daemon import atomic
-from daemon.config import DEFAULT_OLLAMA_HOST, Settings, load_settings
+from lorainbox.core import atomic
+from lorainbox.core.config import DEFAULT_OLLAMA_HOST, Settings, load_settings
+from lorainbox.core.share import LAUNCHD_DIR
 
 LABEL = "com.lorainbox.agent"
 UNIT_NAME = "lorainbox.service"
-TEMPLATE = Path(__file__).resolve().parent.parent / "launchd" / f"{LABEL}.plist"
+TEMPLATE = LAUNCHD_DIR / f"{LABEL}.plist"
 SYSTEM_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 # The template's content, for installs that don't ship the launchd/ folder (a built wheel);

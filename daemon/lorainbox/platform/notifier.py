@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from lorainbox.core.layout import APP_NAME
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["done", "failed", "paused"]
-APP_NAME = "LoRA Inbox"
 
 
 def done_message(model: str) -> str:

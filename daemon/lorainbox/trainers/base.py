@@ -10,12 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from daemon.recipe import Recipe
-
-EXIT_OK = 0
-EXIT_DROP_ERROR = 65  # EX_DATAERR: the person can fix it; ERROR.md says how
-EXIT_OUT_OF_MEMORY = 71  # the supervisor retries with a smaller footprint
-EXIT_PAUSED = 75  # EX_TEMPFAIL: checkpoint saved, resume later
+from lorainbox.core.layout import ADAPTERS_DIR, CHECKPOINTS_DIR
+from lorainbox.drop.recipe import Recipe
 
 
 class Paused(Exception):
@@ -112,11 +108,11 @@ class TrainContext:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.work_dir / "checkpoints"
+        return self.work_dir / CHECKPOINTS_DIR
 
     @property
     def adapter_dir(self) -> Path:
-        return self.job_dir / "adapters"
+        return self.job_dir / ADAPTERS_DIR
 
     @property
     def fused_dir(self) -> Path:
@@ -149,7 +145,7 @@ class Trainer(Protocol):
         """Train from the last checkpoint in ``ctx.checkpoint_dir`` (or from step 0).
 
         Raises :class:`Paused` after checkpointing when ``ctx.stop_requested()`` turns true,
-        :class:`OutOfMemory` when memory runs out, :class:`~daemon.errors.DropError` for
+        :class:`OutOfMemory` when memory runs out, :class:`~lorainbox.core.errors.DropError` for
         problems the person can fix (a corrupt base model, say).
         """
         ...

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from daemon.errors import DropError
-from daemon.recipe import Recipe
-from daemon.trainers import kohya
-from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
-from daemon.trainers.pace import Pace, rounded
-from daemon.trainers.torch_common import (
+from lorainbox.core.errors import DropError
+from lorainbox.core.layout import SAMPLES_FILE
+from lorainbox.drop.recipe import Recipe
+from lorainbox.trainers import kohya
+from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult
+from lorainbox.trainers.pace import Pace, rounded
+from lorainbox.trainers.torch_common import (
     GB,
     DeviceSetup,
     MemoryMeter,
@@ -53,7 +54,7 @@ from daemon.trainers.torch_common import (
     training_state,
 )
 
-log = logging.getLogger("lorainbox.diffusion")
+log = logging.getLogger(__name__)
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -61,7 +62,6 @@ BUCKET_STEP = 64
 DEFAULT_SCALE = 1.0
 """alpha = rank when the recipe sets neither: the usual choice for image LoRAs."""
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-SAMPLES_FILE = "samples.png"
 MAX_SAMPLES = 4
 BASE_WHERE = "recipe.toml, `base_model`"
 IMAGE_FIX = "replace it with a valid PNG, JPEG or WebP image, or remove it and its caption"
@@ -292,7 +292,7 @@ def load_pipeline(base: Path, dtype: torch.dtype) -> Any:
 def _load_single_file(path: Path, dtype: torch.dtype) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from daemon.models import safetensors_header
+    from lorainbox.models.base import safetensors_header
 
     xl = path.suffix == ".safetensors" and any(
         k.startswith("conditioner.embedders.1") for k in safetensors_header(path)
@@ -434,7 +434,7 @@ def plan_diffusion_footprint(
 
 
 class DiffusionTrainer:
-    """The :class:`~daemon.trainers.base.Trainer` for Stable Diffusion LoRAs."""
+    """The :class:`~lorainbox.trainers.base.Trainer` for Stable Diffusion LoRAs."""
 
     name = "diffusers"
 

@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from daemon.errors import DropError
-from daemon.models import safetensors_files, safetensors_header
-from daemon.recipe import LoraSpec, Recipe
-from daemon.trainers.base import Footprint, OutOfMemory
+from lorainbox.core.errors import DropError
+from lorainbox.drop.recipe import LoraSpec, Recipe
+from lorainbox.models.base import safetensors_files, safetensors_header
+from lorainbox.trainers.base import Footprint, OutOfMemory
 
 GB = 1e9
 OVERHEAD_GB = 0.6

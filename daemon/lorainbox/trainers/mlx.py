@@ -40,15 +40,15 @@ from mlx_lm.tuner.trainer import default_loss, evaluate, grad_checkpoint
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import dequantize_model, load, save, save_config
 
-from daemon.errors import DropError
-from daemon.models import check_model_dir, resolve_base_model
-from daemon.recipe import LoraSpec, Recipe, TrainSpec
-from daemon.trainers import samples
-from daemon.trainers.base import Emitter, OutOfMemory, Paused, TrainContext, TrainResult
-from daemon.trainers.memory import MemoryGuard, estimate_for, is_out_of_memory
-from daemon.trainers.pace import Pace, rounded
+from lorainbox.core.errors import DropError
+from lorainbox.drop.recipe import LoraSpec, Recipe, TrainSpec
+from lorainbox.models.base import check_model_dir, resolve_base_model
+from lorainbox.trainers import samples
+from lorainbox.trainers.base import Emitter, OutOfMemory, Paused, TrainContext, TrainResult
+from lorainbox.trainers.memory import MemoryGuard, estimate_for, is_out_of_memory
+from lorainbox.trainers.pace import Pace, rounded
 
-log = logging.getLogger("lorainbox.mlx")
+log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -374,7 +374,7 @@ class ProgressCallback(TrainingCallback):
 
 
 class MLXTrainer:
-    """The :class:`~daemon.trainers.base.Trainer` for MLX (Metal on a Mac, the CPU on Linux)."""
+    """The :class:`~lorainbox.trainers.base.Trainer` for MLX (Metal on a Mac, the CPU on Linux)."""
 
     name = "mlx"
 

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("lorainbox.samples")
+from lorainbox.core.layout import SAMPLES_FILE
 
-SAMPLES_FILE = "samples.json"
+log = logging.getLogger(__name__)
+
 REPORT_EXTRA = "report-extra.md"
 MAX_PROMPTS = 3
 MAX_TOKENS = 48

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from daemon.errors import DropError
-from daemon.recipe import LoraSpec, TrainSpec
-from daemon.trainers.base import OutOfMemory
+from lorainbox.core.errors import DropError
+from lorainbox.drop.recipe import LoraSpec, TrainSpec
+from lorainbox.trainers.base import OutOfMemory
 
-log = logging.getLogger("lorainbox.torch")
+log = logging.getLogger(__name__)
 
 GB = 1e9
 DEVICE_WHERE = "recipe.toml, [train] device"

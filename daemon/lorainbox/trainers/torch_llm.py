@@ -26,12 +26,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from daemon.errors import DropError
-from daemon.recipe import LoraSpec, Recipe, TrainSpec
-from daemon.trainers import samples
-from daemon.trainers.base import Footprint, Paused, TrainContext, TrainResult
-from daemon.trainers.pace import Pace, rounded
-from daemon.trainers.torch_common import (
+from lorainbox.core.errors import DropError
+from lorainbox.drop.recipe import LoraSpec, Recipe, TrainSpec
+from lorainbox.trainers import samples
+from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult
+from lorainbox.trainers.pace import Pace, rounded
+from lorainbox.trainers.torch_common import (
     DeviceSetup,
     MemoryMeter,
     MPSFallbackLog,
@@ -51,7 +51,7 @@ from daemon.trainers.torch_common import (
     training_state,
 )
 
-log = logging.getLogger("lorainbox.torch_llm")
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 GROUP_BATCHES = 32
@@ -453,7 +453,7 @@ class _DataCursor:
 
 
 class TorchLLMTrainer:
-    """The :class:`~daemon.trainers.base.Trainer` for language models on PyTorch."""
+    """The :class:`~lorainbox.trainers.base.Trainer` for language models on PyTorch."""
 
     name = "torch"
 
@@ -467,7 +467,7 @@ class TorchLLMTrainer:
         """Called after each optimizer step with (step, real tokens); the benchmark times it."""
 
     def train(self, ctx: TrainContext) -> TrainResult:
-        from daemon.models import check_model_dir, resolve_base_model
+        from lorainbox.models.base import check_model_dir, resolve_base_model
 
         recipe, t, opts = ctx.recipe, ctx.recipe.train, self.options
         setup = setup_device(t.device, ctx.memory_budget_gb, bf16=opts.bf16)
@@ -560,7 +560,7 @@ class TorchLLMTrainer:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
-        from daemon.models import resolve_base_model
+        from lorainbox.models.base import resolve_base_model
 
         hf_logging.disable_progress_bar()
         model_dir = ctx.base_model_dir or resolve_base_model(ctx.recipe.base_model, ctx.job_dir)

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.errors import DropError
-from daemon.export.gguf import inspect_gguf, stop_tokens
-from daemon.ollama import OllamaClient, OllamaError, OllamaModelNotFound, OllamaUnavailable
+from lorainbox.core.errors import DropError
+from lorainbox.core.layout import GGUF, MODELFILE
+from lorainbox.export.gguf import inspect_gguf, stop_tokens
+from lorainbox.export.ollama import (
+    OllamaClient,
+    OllamaError,
+    OllamaModelNotFound,
+    OllamaUnavailable,
+)
 
 Via = Literal["ollama", "llama.cpp"]
 TokenFn = Callable[[str], None]
@@ -62,8 +68,8 @@ def _looks_like_path(target: str) -> bool:
 
 
 def _gguf_in(folder: Path) -> Path | None:
-    if (folder / "model.gguf").is_file():
-        return folder / "model.gguf"
+    if (folder / GGUF).is_file():
+        return folder / GGUF
     found = sorted(p for p in folder.glob("*.gguf") if not p.name.startswith("."))
     return found[0] if found else None
 
@@ -71,14 +77,14 @@ def _gguf_in(folder: Path) -> Path | None:
 def _results_dirs(results: Iterable[Path] | None) -> list[Path]:
     if results is not None:
         return [Path(r) for r in results]
-    from daemon.config import load_settings
+    from lorainbox.core.config import load_settings
 
     return [load_settings().inbox / "Done"]
 
 
 def _modelfile_system(gguf: Path) -> str | None:
     """The SYSTEM prompt of the Modelfile written next to the GGUF, if there is one."""
-    modelfile = gguf.with_name("Modelfile")
+    modelfile = gguf.with_name(MODELFILE)
     if not modelfile.is_file():
         return None
     m = re.search(r'^SYSTEM\s+"""(.*?)"""', modelfile.read_text(), re.DOTALL | re.MULTILINE)

@@ -8,10 +8,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from daemon.chat import ChatSession
-from daemon.config import Settings
-from daemon.errors import DropError
-from daemon.jobs import JobStore
+from lorainbox.core.config import Settings
+from lorainbox.core.errors import DropError
+from lorainbox.core.layout import GGUF
+from lorainbox.pipeline.jobs import JobStore
+from lorainbox.ui.chat import ChatSession
 
 
 def _prompts(console: Console) -> Iterator[str]:
@@ -30,7 +31,7 @@ def _job_gguf(target: str, settings: Settings) -> Path | None:
     """The GGUF of the job that ``target`` names (by job, folder or model name), if it has one:
     a recipe's ``name`` names the model, not the folder the GGUF is in."""
     job = JobStore(settings.db_path).find(target.removesuffix(":latest"), settings.inbox)
-    gguf = job.folder / "model.gguf" if job is not None else None
+    gguf = job.folder / GGUF if job is not None else None
     return gguf if gguf is not None and gguf.is_file() else None
 
 

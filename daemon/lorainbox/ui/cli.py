@@ -19,11 +19,12 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from daemon import __version__
-from daemon.config import Settings, load_settings
-from daemon.humanize import duration, export_stage, loss_text
-from daemon.jobs import ACTIONS, Job, JobStore, State, refusal
-from daemon.logs import setup_logging
+from lorainbox import __version__
+from lorainbox.core.config import Settings, load_settings
+from lorainbox.core.humanize import duration, export_stage, loss_text
+from lorainbox.core.layout import TRAIN_LOG
+from lorainbox.core.logs import setup_logging
+from lorainbox.pipeline.jobs import ACTIONS, Job, JobStore, State, refusal
 
 app = typer.Typer(
     help="LoRA Inbox: drop a folder, get a fine-tuned model in Ollama.",
@@ -89,7 +90,7 @@ def run(
     ] = False,
 ) -> None:
     """Run the daemon in the foreground (launchd or systemd runs this)."""
-    from daemon.service import AlreadyRunning, Daemon
+    from lorainbox.pipeline.service import AlreadyRunning, Daemon
 
     settings = _settings(inbox, config)
     _checked_inbox(settings)
@@ -143,7 +144,7 @@ def status(
     if as_json:
         print(json.dumps([j.as_dict() for j in jobs], indent=2, default=str))
         return
-    from daemon.service import DaemonLock
+    from lorainbox.pipeline.service import DaemonLock
 
     pid = DaemonLock(settings.lock_path).holder()
     console.print(
@@ -154,7 +155,7 @@ def status(
 
 
 def _open_status_page(settings: Settings) -> None:
-    from daemon.status_server import page_url, read_token
+    from lorainbox.ui.status_server import page_url, read_token
 
     if settings.status_port == 0:
         raise _fail("the status page is off (status_port = 0 in the config)")
@@ -186,7 +187,7 @@ def _print_jobs(jobs: list[Job]) -> None:
 
 def _print_job(j: Job) -> None:
     """One job whole: what the table has no room for."""
-    from daemon.results import trained_text
+    from lorainbox.pipeline.results import trained_text
 
     def when(at: float | None) -> str | None:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else None
@@ -285,7 +286,7 @@ def submit(
         raise _fail(f"{src} is not a folder; a drop is a folder with recipe.toml and data")
     if not any(p.is_file() for p in src.rglob("*")):
         raise _fail(f"{src} is empty; a drop holds recipe.toml and its data (train.jsonl)")
-    from daemon.inbox import InboxLayout
+    from lorainbox.pipeline.watcher import InboxLayout
 
     layout = InboxLayout(_checked_inbox(settings))
     try:
@@ -311,7 +312,7 @@ def submit(
         raise _fail(f"could not move {src} into the inbox: {e}{kept}") from None
     dest = layout.move(staging, settings.inbox, src.name)
     console.print(f"Submitted [bold]{escape(src.name)}[/bold] as {escape(str(dest))}")
-    from daemon.service import DaemonLock
+    from lorainbox.pipeline.service import DaemonLock
 
     if DaemonLock(settings.lock_path).holder() is None:
         console.print(
@@ -327,7 +328,7 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Train one drop in the foreground: no daemon, no gates, a progress bar."""
-    from daemon.foreground import train_foreground
+    from lorainbox.ui.train_command import train_foreground
 
     settings = _settings(None, config)
     setup_logging(settings.log_dir, console=False)
@@ -343,7 +344,7 @@ def _job_or_exit(store: JobStore, ref: str, settings: Settings) -> Job:
 
 
 def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> None:
-    from daemon.service import WAKE_SIGNAL, DaemonLock
+    from lorainbox.pipeline.service import WAKE_SIGNAL, DaemonLock
 
     settings = _settings(inbox, config)
     store = JobStore(settings.db_path)
@@ -359,13 +360,13 @@ def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> 
             f"Asked the daemon (pid {pid}) to {action} job {job.id} {job.name}.", markup=False
         )
         return
-    from daemon.service import Daemon
+    from lorainbox.pipeline.service import Daemon
 
     daemon = Daemon(settings.model_copy(update={"inbox": Path(job.inbox)}))
     daemon.lock.acquire()
     try:
         for job_id, act in store.take_requests():
-            daemon._apply_request(job_id, act)
+            daemon.apply_request(job_id, act)
     finally:
         daemon.lock.release()
     job = store.get(job.id)
@@ -407,7 +408,7 @@ def logs(
     """Print the end of a job's train.log."""
     settings = _settings(inbox, config)
     j = _job_or_exit(JobStore(settings.db_path), job, settings)
-    path = j.folder / "train.log"
+    path = j.folder / TRAIN_LOG
     if not path.exists():
         raise _fail(f"job {j.id} {j.name} has no train.log yet ({path})")
     with open(path, errors="replace") as f:
@@ -425,7 +426,7 @@ def logs(
 @app.command()
 def recipes(config: ConfigOpt = None, inbox: InboxOpt = None) -> None:
     """List the recipes a drop can extend: yours (in the inbox's recipes/) and the built-in ones."""
-    from daemon.recipe import (
+    from lorainbox.drop.recipe import (
         BUILTIN_RECIPES,
         find_recipe,
         load_recipe,
@@ -468,7 +469,7 @@ RECIPE_TABLE_WIDTH = 120
 @app.command()
 def doctor(config: ConfigOpt = None) -> None:
     """What works on this machine: MLX, torch, llama.cpp, Ollama, sensors, notifications."""
-    from daemon.doctor import run_checks
+    from lorainbox.ui.doctor import run_checks
 
     settings = _settings(None, config)
     ok = run_checks(settings, console)
@@ -482,7 +483,7 @@ def demo(
     ] = Path(".demo"),
 ) -> None:
     """Offline end to end: tiny model, example drop, daemon, GGUF, Ollama (if running), a question."""
-    from daemon.demo import run_demo
+    from lorainbox.ui.demo import run_demo
 
     raise typer.Exit(run_demo(directory.expanduser().resolve(), console))
 
@@ -499,8 +500,8 @@ def register(
     """Upload a GGUF to the local Ollama and create a model from it."""
     from datetime import datetime
 
-    from daemon.errors import DropError
-    from daemon.ollama import (
+    from lorainbox.core.errors import DropError
+    from lorainbox.export.ollama import (
         InvalidOllamaSetting,
         OllamaClient,
         OllamaError,
@@ -567,7 +568,7 @@ def chat(
     config: ConfigOpt = None,
 ) -> None:
     """Talk to a trained model (through Ollama; through llama.cpp on the GGUF when Ollama is away)."""
-    from daemon.chat_cli import chat_command
+    from lorainbox.ui.chat_command import chat_command
 
     settings = _settings(inbox, config)
     raise typer.Exit(chat_command(name, prompt, settings, console))
@@ -618,7 +619,7 @@ def agent_plist(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
 @app.command()
 def menubar() -> None:
     """A menu-bar app showing the queue and progress (macOS, `pip install lorainbox[menubar]`)."""
-    from daemon.menubar import main as menubar_main
+    from lorainbox.ui.menubar import main as menubar_main
 
     raise typer.Exit(menubar_main())
 

@@ -25,14 +25,24 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from daemon.config import Settings, load_settings
-from daemon.jobs import Job, State
-from daemon.progress import ProgressView
+from lorainbox.core.config import Settings, load_settings
+from lorainbox.core.layout import (
+    ADAPTERS_DIR,
+    ERROR_FILE,
+    GGUF,
+    LOSS_PNG,
+    MODELFILE,
+    REPORT,
+    TRAIN_LOG,
+)
+from lorainbox.core.share import EXAMPLE_DROPS
+from lorainbox.pipeline.jobs import Job, State
+from lorainbox.ui.progress import ProgressView
 
 if TYPE_CHECKING:
-    from daemon.service import Daemon
+    from lorainbox.pipeline.service import Daemon
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "inbox" / "tiny-fact"
+EXAMPLE = EXAMPLE_DROPS / "tiny-fact"
 VIA_NAMES = {"ollama": "Ollama", "llama.cpp": "llama.cpp"}
 MARK = ".lorainbox-demo"
 MARK_TEXT = (
@@ -72,7 +82,7 @@ def claim(directory: Path, settings: Settings) -> str | None:
     Only a folder carrying the demo's mark is cleared: an unmarked one with anything in it may
     hold a person's files, and an inbox a daemon is watching is in use.
     """
-    from daemon.service import DaemonLock
+    from lorainbox.pipeline.service import DaemonLock
 
     if directory.exists() and not directory.is_dir():
         return f"{directory} is a file, not a folder; choose a folder with `lorainbox demo --dir`"
@@ -130,10 +140,10 @@ def next_steps(settings: Settings, job: Job) -> list[str]:
 
 
 def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
-    from daemon.chat import chat_once
-    from daemon.logs import setup_logging
-    from daemon.models import resolve_base_model
-    from daemon.service import Daemon
+    from lorainbox.core.logs import setup_logging
+    from lorainbox.models.base import resolve_base_model
+    from lorainbox.pipeline.service import Daemon
+    from lorainbox.ui.chat import chat_once
 
     inbox, state = directory / "inbox", directory / "state"
     settings = load_settings(
@@ -175,15 +185,15 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
         return 1
     job = jobs[-1]
     if job.state != State.DONE:
-        error = job.folder / "ERROR.md"
+        error = job.folder / ERROR_FILE
         console.print(f"[red]The job ended {job.state.value}.[/red]")
         if error.exists():
             console.print(error.read_text())
         return 1
 
-    gguf = job.folder / "model.gguf"
+    gguf = job.folder / GGUF
     console.print(f"Results: {job.folder}")
-    for name in ("model.gguf", "Modelfile", "report.md", "loss.png", "adapters", "train.log"):
+    for name in (GGUF, MODELFILE, REPORT, LOSS_PNG, ADAPTERS_DIR, TRAIN_LOG):
         mark = "✓" if (job.folder / name).exists() else "✗"
         console.print(f"  {mark} {name}")
     if job.result.get("registered"):

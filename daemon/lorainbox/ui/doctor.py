@@ -11,7 +11,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from daemon.config import Settings
+from lorainbox.core.config import Settings
 
 Check = tuple[bool | None, str]
 """(ok — None means "works, with a caveat" —, the detail or how to fix it)."""
@@ -54,7 +54,7 @@ def _module(name: str, fix: str) -> Callable[[], Check]:
 
 
 def _ollama(settings: Settings) -> Check:
-    from daemon.ollama import OllamaClient, OllamaUnavailable
+    from lorainbox.export.ollama import OllamaClient, OllamaUnavailable
 
     try:
         with OllamaClient(settings.ollama_host) as client:
@@ -69,7 +69,7 @@ def _ollama(settings: Settings) -> Check:
 
 
 def _sensors(settings: Settings) -> Check:
-    from daemon.sensors import make_sensors
+    from lorainbox.platform.sensors import make_sensors
 
     r = make_sensors(settings.sensors).read()
     parts = [
@@ -97,7 +97,7 @@ def _notifier() -> Check:
 
 
 def _daemon(settings: Settings) -> Check:
-    from daemon.service import DaemonLock
+    from lorainbox.pipeline.service import DaemonLock
 
     pid = DaemonLock(settings.lock_path).holder()
     if pid:
@@ -106,7 +106,7 @@ def _daemon(settings: Settings) -> Check:
 
 
 def _folders(settings: Settings) -> Check:
-    from daemon.logs import LOG_FILE
+    from lorainbox.core.logs import LOG_FILE
 
     where = f"inbox {settings.inbox}, daemon log {settings.log_dir / LOG_FILE}"
     if not settings.inbox.is_dir():

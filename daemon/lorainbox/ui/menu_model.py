@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.humanize import duration, loss_text
+from lorainbox.core.humanize import duration, loss_text
 
 Job = dict[str, Any]
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 
-from daemon.config import Settings, load_settings
-from daemon.menu_model import Item, Menu, build_menu
-from daemon.status_server import LOOPBACK, page_url, read_token
+from lorainbox.core.config import Settings, load_settings
+from lorainbox.core.layout import APP_NAME
+from lorainbox.ui.menu_model import Item, Menu, build_menu
+from lorainbox.ui.status_server import LOOPBACK, page_url, read_token
 
 REFRESH_SECONDS = 2.0
 NOT_MAC = (
@@ -92,7 +93,7 @@ def _app(rumps: Any, settings: Settings) -> Any:
 
     class MenuBarApp(rumps.App):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
-            super().__init__("LoRA Inbox", quit_button=None)
+            super().__init__(APP_NAME, quit_button=None)
             self.shown: Menu | None = None
             self.timer = rumps.Timer(self.refresh, REFRESH_SECONDS)
             self.timer.start()
@@ -126,7 +127,7 @@ def _app(rumps: Any, settings: Settings) -> Any:
             elif item.action and item.job_id is not None:
                 why = client.act(item.job_id, item.action)
                 if why:
-                    rumps.notification("LoRA Inbox", f"Could not {item.action}", why)
+                    rumps.notification(APP_NAME, f"Could not {item.action}", why)
                 self.refresh()
 
     return MenuBarApp()

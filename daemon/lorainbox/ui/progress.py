@@ -16,9 +16,9 @@ from rich.progress import (
     TextColumn,
 )
 
-from daemon.events import JobChanged, JobProgress
-from daemon.hub import Hub
-from daemon.humanize import duration, export_stage, loss_text
+from lorainbox.core.events import JobChanged, JobProgress
+from lorainbox.core.hub import Hub
+from lorainbox.core.humanize import duration, export_stage, loss_text
 
 BAR_WIDTH = 16
 WIDE = 100

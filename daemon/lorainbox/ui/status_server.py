@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from daemon import __version__
-from daemon.config import Settings
-from daemon.humanize import duration, export_stage, loss_text
-from daemon.jobs import ACTIONS, Job, JobStore, State, refusal
-from daemon.results import loss_series, read_metrics
-from daemon.sensors.base import Readings
+from lorainbox import __version__
+from lorainbox.core.config import Settings
+from lorainbox.core.humanize import duration, export_stage, loss_text
+from lorainbox.pipeline.jobs import ACTIONS, Job, JobStore, State, refusal
+from lorainbox.pipeline.results import loss_series, read_metrics
+from lorainbox.platform.sensors.base import Readings
 
-log = logging.getLogger("lorainbox.status")
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 TOKEN_FILE = "token"

@@ -15,25 +15,24 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from daemon.config import Settings
-from daemon.errors import DropError
-from daemon.events import JobChanged
-from daemon.hub import Hub
-from daemon.inbox import InboxLayout
-from daemon.intake import Intake
-from daemon.jobs import Job, JobStore, State
-from daemon.progress import ProgressView
-from daemon.recipe import Recipe
-from daemon.registrar import Registrar
-from daemon.results import write_results
-from daemon.supervisor import (
-    EXIT_OK,
-    EXIT_PAUSED,
-    Outcome,
+from lorainbox.core.config import Settings
+from lorainbox.core.errors import DropError
+from lorainbox.core.events import JobChanged
+from lorainbox.core.hub import Hub
+from lorainbox.drop.recipe import Recipe
+from lorainbox.pipeline.intake import Intake
+from lorainbox.pipeline.jobs import Job, JobStore, State
+from lorainbox.pipeline.registrar import Registrar
+from lorainbox.pipeline.results import write_results
+from lorainbox.pipeline.supervisor import (
     Supervisor,
     load_recipe_of,
     problems_error,
+    shrink_after_out_of_memory,
 )
+from lorainbox.pipeline.watcher import InboxLayout
+from lorainbox.ui.progress import ProgressView
+from lorainbox.worker.outcome import Outcome, Verdict
 
 EXIT_INTERRUPTED = 130
 """Ctrl-C's usual status: the job paused, unfinished, so a script does not read it as done."""
@@ -74,21 +73,22 @@ def train_foreground(drop: Path, settings: Settings, console: Console) -> int:
     supervisor = Supervisor(store, hub, settings, on_exit)
     with ProgressView(hub, console):
         hub.publish(JobChanged(job.id, job.name, "training", None))
-        supervisor.start(job)
-        try:
-            while not ended.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            console.print("Pausing at the next step (a checkpoint is saved)…")
-            supervisor.stop("hold")
-            ended.wait()
-        o = outcome[0]
+        while True:
+            o = _run_once(supervisor, store.get(job.id), ended, outcome, console)
+            if o.verdict != Verdict.OUT_OF_MEMORY:
+                break
+            change = shrink_after_out_of_memory(store.get(job.id), o, settings.max_oom_retries)
+            if isinstance(change, DropError):
+                o.problems = change.to_json()
+                break
+            store.update(job.id, oom_retries=store.get(job.id).oom_retries + 1)
+            console.print(f"Out of memory; training again with {change}.", markup=False)
         job = _finish(store.get(job.id), o, recipe, store, settings)
         hub.publish(JobChanged(job.id, job.name, job.state.value, None))
     if job.state == State.PAUSED:
         console.print(f"Paused at step {o.paused_step}. Run the same command again to resume.")
         return EXIT_INTERRUPTED
-    if job.state == State.FAILED and o.code != EXIT_OK:
+    if job.state == State.FAILED and o.verdict != Verdict.TRAINED:
         console.print(problems_text(_worker_error(o).in_folder(drop), "Training failed", drop))
         return 1
     if job.state == State.FAILED:
@@ -133,14 +133,34 @@ def _worker_error(o: Outcome) -> DropError:
     return problems_error(o.problems, o.message or f"the worker exited with code {o.code}")
 
 
+def _run_once(
+    supervisor: Supervisor,
+    job: Job,
+    ended: threading.Event,
+    outcome: list[Outcome],
+    console: Console,
+) -> Outcome:
+    outcome.clear()
+    ended.clear()
+    supervisor.start(job)
+    try:
+        while not ended.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        console.print("Pausing at the next step (a checkpoint is saved)…")
+        supervisor.stop("hold")
+        ended.wait()
+    return outcome[0]
+
+
 def _finish(job: Job, o: Outcome, recipe: Recipe, store: JobStore, settings: Settings) -> Job:
     """Record how the worker ended; after training, write the results and register the model."""
-    if o.code == EXIT_PAUSED:
+    if o.verdict == Verdict.PAUSED:
         store.transition(
             job.id, State.PAUSED, detail="paused by you", checkpoint_step=o.paused_step
         )
         return store.get(job.id)
-    if o.code != EXIT_OK:
+    if o.verdict != Verdict.TRAINED:
         error = str(_worker_error(o))
         store.transition(job.id, State.FAILED, detail=error, error=error)
         return store.get(job.id)

@@ -1,15 +1,14 @@
-"""The worker: one job, in its own process (``python -m daemon.worker JOBDIR``).
+"""The worker: one job, in its own process (``python -m lorainbox.worker JOBDIR``).
 
 Training loads gigabytes and may run out of memory or crash; in a subprocess it can never take
 the daemon down. The worker speaks to the supervisor in JSON lines on stdout (see
-:class:`~daemon.trainers.base.Emitter`) and with its exit code (``EXIT_*`` in ``trainers.base``).
+:class:`~lorainbox.trainers.base.Emitter`) and with its exit code (``EXIT_*`` in ``worker.outcome``).
 Every stage is restartable: training resumes from its last checkpoint, and a stage whose
 output already exists is skipped.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import shutil
@@ -17,20 +16,13 @@ import sys
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel
-
-from daemon import atomic
-from daemon.errors import DropError
-from daemon.freshness import forget_stale, keys
-from daemon.models import check_model_dir, resolve_base_model
-from daemon.recipe import Recipe
-from daemon.trainers.base import (
-    EXIT_DROP_ERROR,
-    EXIT_OK,
-    EXIT_OUT_OF_MEMORY,
-    EXIT_PAUSED,
+from lorainbox.core.errors import DropError
+from lorainbox.core.layout import GGUF, METRICS_FILE, TRAINED_MARKER, WORK_DIR
+from lorainbox.drop.freshness import forget_stale, keys
+from lorainbox.drop.recipe import Recipe
+from lorainbox.models.base import check_model_dir, resolve_base_model
+from lorainbox.trainers.base import (
     Emitter,
     Footprint,
     OutOfMemory,
@@ -39,45 +31,21 @@ from daemon.trainers.base import (
     TrainContext,
     Trainer,
 )
-from daemon.trainlog import Narrator
+from lorainbox.worker.outcome import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
+from lorainbox.worker.spec import JobSpec, disk_full_while, initial_footprint, is_disk_full
+from lorainbox.worker.trainlog import Narrator
 
-log = logging.getLogger("lorainbox.worker")
-
-WORK_DIR = ".lorainbox"
-SPEC_FILE = "job.json"
-GGUF_NAME = "model.gguf"
-
-
-class JobSpec(BaseModel):
-    """What the daemon hands the worker, written to ``<job>/.lorainbox/job.json``."""
-
-    job_id: int
-    recipe: Recipe
-    train_file: Path
-    valid_file: Path | None = None
-    memory_budget_gb: float
-    footprint: dict[str, Any] | None = None
-    """The memory guard's last footprint (batch, sequence, checkpointing) after an OOM retry."""
-    oom_retries: int = 0
-
-    @classmethod
-    def load(cls, job_dir: Path) -> JobSpec:
-        return cls.model_validate_json((job_dir / WORK_DIR / SPEC_FILE).read_text())
-
-    def save(self, job_dir: Path) -> None:
-        path = job_dir / WORK_DIR / SPEC_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, self.model_dump_json(indent=2))
+log = logging.getLogger(__name__)
 
 
 def pick_trainer(recipe: Recipe) -> Trainer:
     """MLX for language models where it runs, PyTorch otherwise and for diffusion."""
     if recipe.kind == "diffusion":
-        from daemon.trainers.diffusion import DiffusionTrainer
+        from lorainbox.trainers.diffusion import DiffusionTrainer
 
         return DiffusionTrainer()
     if recipe.trainer in ("auto", "mlx") and _mlx_available():
-        from daemon.trainers.mlx import MLXTrainer
+        from lorainbox.trainers.mlx import MLXTrainer
 
         return MLXTrainer()
     if recipe.trainer == "mlx":
@@ -86,7 +54,7 @@ def pick_trainer(recipe: Recipe) -> Trainer:
             "recipe.toml, `trainer`",
             'set trainer = "auto" or "torch" (MLX needs Apple Silicon, or Linux with mlx[cpu])',
         )
-    from daemon.trainers.torch_llm import TorchLLMTrainer
+    from lorainbox.trainers.torch_llm import TorchLLMTrainer
 
     return TorchLLMTrainer()
 
@@ -115,16 +83,9 @@ def _keep_torch_out_of_transformers() -> None:
     utils.is_torch_available = import_utils.is_torch_available = lambda: False
 
 
-def initial_footprint(spec: JobSpec) -> Footprint:
-    if spec.footprint:
-        return Footprint(**spec.footprint)
-    t = spec.recipe.train
-    return Footprint(t.batch_size, t.max_seq_length, t.grad_checkpoint)
-
-
 def plan_memory(spec: JobSpec, job_dir: Path, base: Path, emitter: Emitter) -> Footprint:
     """The footprint to train with: planned once per job, then kept in job.json for retries."""
-    from daemon.trainers.memory import estimate_for, longest_example_tokens, plan_footprint
+    from lorainbox.trainers.memory import estimate_for, longest_example_tokens, plan_footprint
 
     files = [f if f.is_absolute() else job_dir / f for f in (spec.train_file, spec.valid_file) if f]
     longest = longest_example_tokens(files)
@@ -151,10 +112,10 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     work = job_dir / WORK_DIR
     data = [spec.train_file, *([spec.valid_file] if spec.valid_file else [])]
     now = keys(spec.recipe, [job_dir / p for p in data])  # an absolute path stays as it is
-    if (forgot := forget_stale(work, now, job_dir / GGUF_NAME)) is not None:
+    if (forgot := forget_stale(work, now, job_dir / GGUF)) is not None:
         log.info(forgot)
-    emitter.metrics_file = work / "metrics.jsonl"
-    done_marker = work / "trained.json"
+    emitter.metrics_file = work / METRICS_FILE
+    done_marker = work / TRAINED_MARKER
     footprint = initial_footprint(spec)
     base = None
     if spec.recipe.kind == "llm":
@@ -182,7 +143,7 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
         done_marker.write_text(json.dumps(trained))
         emitter.emit("trained", **trained)
     recipe = spec.recipe
-    if recipe.kind == "llm" and recipe.export.gguf and not (job_dir / GGUF_NAME).exists():
+    if recipe.kind == "llm" and recipe.export.gguf and not (job_dir / GGUF).exists():
         emitter.emit("stage", stage="exporting")
         export(trainer, ctx, base)
     return EXIT_OK
@@ -190,9 +151,9 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
 
 def export(trainer: Trainer, ctx: TrainContext, base: Path | None) -> None:
     """Fuse and convert; a full disk becomes the person's problem, with the space it needs."""
-    from daemon.export.gguf import convert_to_gguf
+    from lorainbox.export.gguf import convert_to_gguf
 
-    gguf_path = ctx.job_dir / GGUF_NAME
+    gguf_path = ctx.job_dir / GGUF
     need = export_space_needed(base)
     free = shutil.disk_usage(ctx.job_dir).free
     if free < need:
@@ -223,33 +184,18 @@ def export(trainer: Trainer, ctx: TrainContext, base: Path | None) -> None:
         raise disk_full(ctx.job_dir, need, shutil.disk_usage(ctx.job_dir).free) from e
     shutil.rmtree(ctx.fused_dir, ignore_errors=True)  # a full copy of the model, no longer needed
     # Named within the job's folder, which moves from Queue/ to Done/ after this.
-    ctx.emitter.emit("exported", gguf=GGUF_NAME, info={**info.as_dict(), "path": GGUF_NAME})
+    ctx.emitter.emit("exported", gguf=GGUF, info={**info.as_dict(), "path": GGUF})
 
 
 def export_space_needed(base: Path | None) -> int:
     """Bytes the fused folder and the GGUF take together, from the base's safetensors headers."""
     if base is None:
         return 0
-    from daemon.trainers.memory import read_model_shape
+    from lorainbox.trainers.memory import read_model_shape
 
     shape = read_model_shape(base)
     fused = shape.weight_bytes * (4 if shape.quantized else 1)  # 4-bit weights come out as f16
     return int(fused * 2.1)
-
-
-def is_disk_full(e: BaseException) -> bool:
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return True
-    return "No space left on device" in str(e) or "ENOSPC" in str(e)
-
-
-def disk_full_while(where: Path, error: BaseException) -> DropError:
-    """A full disk met outside the export's own check (a checkpoint, a log, the job's spec)."""
-    return DropError.one(
-        f"the disk is full ({error})",
-        str(where),
-        f"free some disk space, then `lorainbox retry {where.name}`",
-    )
 
 
 def disk_full(where: Path, need: int, free: int) -> DropError:
@@ -265,7 +211,7 @@ def disk_full(where: Path, need: int, free: int) -> DropError:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m daemon.worker JOBDIR", file=sys.stderr)
+        print("usage: python -m lorainbox.worker JOBDIR", file=sys.stderr)
         return 2
     job_dir = Path(argv[0]).resolve()
     logging.basicConfig(
@@ -287,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         emitter.emit("oom", message=str(e))
         return EXIT_OUT_OF_MEMORY
     except Exception as e:  # a crash: the supervisor retries from the checkpoint
-        from daemon.trainers.memory import is_out_of_memory
+        from lorainbox.trainers.memory import is_out_of_memory
 
         if is_out_of_memory(e):  # MLX says so with a plain RuntimeError, outside the step too
             emitter.emit("oom", message=str(e))

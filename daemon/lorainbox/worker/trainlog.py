@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from daemon.humanize import EXPORT_STAGES, duration, loss_text
+from lorainbox.core.humanize import EXPORT_STAGES, duration, loss_text
 
 
 def _progress(f: dict[str, Any]) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from daemon.sensors.base import Readings, Sensors, UnknownSensors
-from daemon.sensors.scripted import ScriptedSensors, ScriptError
+from lorainbox.platform.sensors.base import Readings, Sensors, UnknownSensors
+from lorainbox.platform.sensors.scripted import ScriptedSensors, ScriptError
 
 __all__ = ["Readings", "ScriptError", "ScriptedSensors", "Sensors", "make_sensors"]
 
@@ -16,11 +16,11 @@ def make_sensors(spec: str, *, platform: str = sys.platform) -> Sensors:
     if spec != "auto":
         return ScriptedSensors(Path(spec).expanduser())
     if platform == "darwin":
-        from daemon.sensors.macos import MacSensors
+        from lorainbox.platform.sensors.macos import MacSensors
 
         return MacSensors()
     if platform.startswith("linux"):
-        from daemon.sensors.linux import LinuxSensors
+        from lorainbox.platform.sensors.linux import LinuxSensors
 
         return LinuxSensors()
     return UnknownSensors()

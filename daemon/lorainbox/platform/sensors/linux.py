@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.sensors.base import CommandRunner, Readings, memory_available_gb, now_utc, run_text
+from lorainbox.platform.sensors.base import (
+    CommandRunner,
+    Readings,
+    memory_available_gb,
+    now_utc,
+    run_text,
+)
 
 POWER_SUPPLY_ROOT = Path("/sys/class/power_supply")
 PLATFORM_PROFILE = Path("/sys/firmware/acpi/platform_profile")

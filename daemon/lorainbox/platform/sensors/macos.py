@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from daemon.sensors.base import (
+from lorainbox.platform.sensors.base import (
     THERMAL_LEVELS,
     CommandRunner,
     MemoryPressure,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from daemon.sensors.base import MemoryPressure, Readings, Thermal, now_utc
+from lorainbox.platform.sensors.base import MemoryPressure, Readings, Thermal, now_utc
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What a drop holds: its recipe, its data, and whether earlier results still match them."""

@@ -1,0 +1,1 @@
+"""The operating system behind small interfaces: the login agent, notifications, sensors."""
