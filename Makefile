@@ -9,10 +9,16 @@ UV_VERSION := 0.13.8
 # uv itself, kept outside the checkout so every clone on this machine shares it and its cache.
 UV_HOME ?= $(HOME)/.cache/lorainbox/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
-UV_SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(PYTHON)
+UV_SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(PYTHON) \
+	--no-install-package llama-cpp-python
+# llama-cpp-python has no wheel on PyPI: its locked sdist is built once (4-8 minutes on 2 cores)
+# into $(WHEELS), which every clone on this machine (and tests/test_wheel.py) installs from.
+WHEELS ?= $(HOME)/.cache/lorainbox/wheels
+export LORAINBOX_WHEELS := $(WHEELS)
+INSTALL_LLAMA = $(UV) pip install -q --python $(BIN)/python --no-deps \
+	"$$($(PYTHON) .ci/locked_wheel.py llama-cpp-python $(WHEELS) $(UV))"
 UNAME := $(shell uname)
-# llama-cpp-python has no wheel on PyPI: uv builds llama.cpp once (4-8 minutes on 2 cores) and
-# keeps the wheel in its cache. Portable code on Linux, so a cached wheel runs on any x86-64 CPU.
+# Portable code on Linux, so the kept wheel runs on any x86-64 CPU.
 ifeq ($(UNAME),Linux)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
@@ -49,29 +55,30 @@ $(UV):
 # --inexact: the demo leaves the test tools in place when `make test` came first.
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV_SYNC) --inexact
+	$(INSTALL_LLAMA)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
 	$(UV_SYNC) --extra dev
+	$(INSTALL_LLAMA)
 	@touch $@ $(VENV)/.installed
 
 lock: | $(UV)
 	$(UV) lock --upgrade
 
 # The newest versions pyproject.toml allows, in a throwaway environment: which packages moved
-# since the lock, then the suite on them. CI stays on the lock.
+# since the lock, then the suite on them (TESTS=... for a part). CI stays on the lock.
 LATEST := .latest
 check-latest: | $(UV)
 	rm -rf $(LATEST) && mkdir -p $(LATEST)
 	$(UV) export --frozen --extra dev --no-hashes --no-header --no-emit-project -o $(LATEST)/locked.txt >/dev/null
 	$(UV) pip compile -q pyproject.toml --extra dev --python $(PYTHON) -o $(LATEST)/latest.txt
-	@echo "Moved since the lock (< locked, > newest allowed):"
-	@diff <(grep -o '^[a-z0-9_.-]*==[^ ;]*' $(LATEST)/locked.txt | sort) \
-		<(grep -o '^[a-z0-9_.-]*==[^ ;]*' $(LATEST)/latest.txt | sort) || true
 	$(UV) venv -q --python $(PYTHON) $(LATEST)/venv
-	$(UV) pip install -q --python $(LATEST)/venv -r $(LATEST)/latest.txt
-	$(UV) pip install -q --python $(LATEST)/venv --no-deps -e .
-	$(LATEST)/venv/bin/python -m pytest -q
+	$(UV) pip install -q --python $(LATEST)/venv packaging
+	@echo "Moved since the lock:"
+	@$(LATEST)/venv/bin/python .ci/moved_packages.py $(LATEST)/locked.txt $(LATEST)/latest.txt
+	$(UV) pip install -q --python $(LATEST)/venv -c $(LATEST)/latest.txt -e ".[dev]"
+	$(LATEST)/venv/bin/python -m pytest -q $(TESTS)
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/mlx_vs_mlx_lm.py

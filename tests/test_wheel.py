@@ -37,6 +37,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         for ix in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["uv"]["index"]
         if ix.get("format") == "flat"
     ]
+    # llama-cpp-python's wheel as the Makefile built it from the locked sdist (no wheel on PyPI).
+    flat.append(os.environ.get("LORAINBOX_WHEELS", str(Path.home() / ".cache/lorainbox/wheels")))
     venv = tmp / "venv"
     _uv("venv", "--python", sys.executable, str(venv), cwd=tmp)
     links = [a for url in flat for a in ("--find-links", url)]
