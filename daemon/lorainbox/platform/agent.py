@@ -33,17 +33,24 @@ SYSTEM_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 # a test keeps the two equal.
 FALLBACK_TEMPLATE: dict[str, Any] = {
     "Label": LABEL,
-    "ProgramArguments": ["@LORAINBOX@", "run"],
+    "ProgramArguments": ["@LORAINBOX@", "run", "--log-file-only"],
     "RunAtLoad": True,
     "KeepAlive": {"SuccessfulExit": False},
     "ThrottleInterval": 30,
-    "ProcessType": "Background",
-    "LowPriorityIO": True,
-    "Nice": 10,
+    "ExitTimeOut": 150,
     "StandardOutPath": "@LOG_DIR@/agent.out.log",
     "StandardErrorPath": "@LOG_DIR@/agent.err.log",
     "EnvironmentVariables": {"PATH": SYSTEM_PATH, "LORAINBOX_INBOX": "@INBOX@"},
 }
+
+
+STOP_WAIT_SECONDS = 150.0
+"""How long to wait for the daemon to let its worker checkpoint (the plist's ExitTimeOut)."""
+BOOTOUT_WAIT_SECONDS = 60.0
+"""How long to repeat a ``bootout`` that launchd answers "in progress" (Homebrew's default)."""
+BOOTSTRAP_ATTEMPTS = 10
+EINPROGRESS = 36
+"""launchctl's exit status while a bootout is still under way (errno EINPROGRESS)."""
 
 
 class AgentError(RuntimeError):
@@ -97,6 +104,8 @@ class AgentReport:
     path: Path
     message: str
     commands: tuple[CommandResult, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What the person must allow or move by hand (macOS privacy, see :mod:`privacy`)."""
 
 
 @dataclass(frozen=True)
@@ -296,16 +305,17 @@ def uninstall(
     runner: Runner = run_command,
     platform: str = sys.platform,
     uid: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> AgentReport:
     """Stop the agent and remove its definition; fine when it isn't installed."""
     home = home or Path.home()
     if platform == "darwin":
         path = plist_path(home)
-        ran = (runner(["launchctl", "bootout", f"gui/{_uid(uid)}/{LABEL}"]),)
+        ran = _stop_launchd(f"gui/{_uid(uid)}/{LABEL}", runner, sleep)
         existed = path.exists()
         path.unlink(missing_ok=True)
         what = f"Removed {path}" if existed else f"{path} was not installed"
-        return AgentReport(True, path, f"{what}; {LABEL} is stopped.", ran)
+        return AgentReport(True, path, f"{what}; {LABEL} is stopped.", tuple(ran))
     if platform.startswith("linux"):
         path = unit_path(home)
         ran = [runner(["systemctl", "--user", "disable", "--now", UNIT_NAME])]
@@ -366,18 +376,18 @@ def _install_launchd(
     uid: int,
     sleep: Callable[[float], None],
 ) -> AgentReport:
+    """Homebrew's order (``Library/Homebrew/services/cli.rb``: ``stop`` then
+    ``launchctl_load``): stop what runs, ``enable`` (a label once disabled by ``bootout`` or
+    ``launchctl disable`` is otherwise refused at bootstrap), then ``bootstrap``."""
     path = plist_path(home)
     t.log_dir.mkdir(parents=True, exist_ok=True)
     _write(path, render_plist(t.program, inbox=t.inbox, log_dir=t.log_dir, env=t.env))
     domain, service = f"gui/{uid}", f"gui/{uid}/{LABEL}"
-    ran = [runner(["launchctl", "print", service])]
-    if ran[-1].ok:
-        ran.append(runner(["launchctl", "bootout", service]))
-    # Right after a bootout launchd may still be tearing the old job down; give it a moment.
-    attempts = 3 if len(ran) == 2 else 1
-    for attempt in range(attempts):
+    ran = _stop_launchd(service, runner, sleep)
+    ran.append(runner(["launchctl", "enable", service]))
+    for attempt in range(BOOTSTRAP_ATTEMPTS):
         if attempt:
-            sleep(0.5)
+            sleep(1.0)
         boot = runner(["launchctl", "bootstrap", domain, str(path)])
         ran.append(boot)
         if boot.ok:
@@ -391,6 +401,49 @@ def _install_launchd(
         f"Run it yourself to see launchd's complaint.",
         tuple(ran),
     )
+
+
+def _stop_launchd(
+    service: str, runner: Runner, sleep: Callable[[float], None]
+) -> list[CommandResult]:
+    """Stop a loaded agent so that its worker checkpoints first, then boot it out.
+
+    ``bootout`` alone would have launchd kill the daemon after ExitTimeOut while the worker,
+    in a session of its own, trains on without the gates; so the daemon is sent SIGTERM first
+    (it stops the worker at a checkpoint and exits 0, which KeepAlive leaves alone) and is
+    waited for. The bootout is then repeated while launchd says it is still in progress, as
+    Homebrew's ``Services::Cli.stop`` does.
+    """
+    shown = runner(["launchctl", "print", service])
+    ran = [shown]
+    if not shown.ok:
+        return ran
+    if _print_state(shown.output) == "running":
+        ran.append(runner(["launchctl", "kill", "SIGTERM", service]))
+        waited = 0.0
+        while waited < STOP_WAIT_SECONDS:
+            sleep(1.0)
+            waited += 1.0
+            shown = runner(["launchctl", "print", service])
+            if not shown.ok or _print_state(shown.output) != "running":
+                break
+        ran.append(shown)
+    waited = 0.0
+    while True:
+        out = runner(["launchctl", "bootout", service])
+        ran.append(out)
+        if out.returncode != EINPROGRESS and not runner(["launchctl", "print", service]).ok:
+            break
+        if waited >= BOOTOUT_WAIT_SECONDS:
+            break
+        sleep(1.0)
+        waited += 1.0
+    return ran
+
+
+def _print_state(output: str) -> str | None:
+    state = re.search(r"^\s*state = (\S+)", output, re.M)
+    return state.group(1) if state else None
 
 
 def _install_systemd(home: Path, t: _Target, runner: Runner) -> AgentReport:

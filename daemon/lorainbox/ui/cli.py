@@ -88,13 +88,21 @@ def run(
     once: Annotated[
         bool, typer.Option("--once", help="Process the drops present, run their jobs, exit.")
     ] = False,
+    log_file_only: Annotated[
+        bool,
+        typer.Option(
+            "--log-file-only",
+            help="Log to the rotated log file only (the LaunchAgent: its stderr file is not "
+            "rotated and would hold every line twice).",
+        ),
+    ] = False,
 ) -> None:
     """Run the daemon in the foreground (launchd or systemd runs this)."""
     from lorainbox.pipeline.service import AlreadyRunning, Daemon
 
     settings = _settings(inbox, config)
     _checked_inbox(settings)
-    setup_logging(settings.log_dir, console=True)
+    setup_logging(settings.log_dir, console=not log_file_only)
     daemon = Daemon(settings, once=once)
     try:
         code = daemon.run()
@@ -577,7 +585,7 @@ def chat(
 @agent_app.command("install")
 def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Start the daemon at login (LaunchAgent on macOS, systemd user unit on Linux)."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
 
     settings = _settings(inbox, config)
     try:
@@ -591,7 +599,7 @@ def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
 @agent_app.command("uninstall")
 def agent_uninstall() -> None:
     """Stop the daemon and remove it from login."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
 
     console.print(launchd.uninstall().message, markup=False)
 
@@ -599,7 +607,7 @@ def agent_uninstall() -> None:
 @agent_app.command("status")
 def agent_status() -> None:
     """Whether the agent is installed and running."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
 
     console.print(launchd.status().message, markup=False)
 
@@ -607,7 +615,7 @@ def agent_status() -> None:
 @agent_app.command("plist")
 def agent_plist(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Print the LaunchAgent plist (or the systemd unit on Linux) that install would write."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
 
     settings = _settings(inbox, config)
     try:
