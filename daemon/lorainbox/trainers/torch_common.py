@@ -391,17 +391,23 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def load_latest_checkpoint(
-    root: Path, map_location: torch.device | str = "cpu"
-) -> Checkpoint | None:
-    """The newest readable checkpoint; a damaged one is skipped for the one before it."""
+def load_latest_checkpoint(root: Path) -> Checkpoint | None:
+    """The newest readable checkpoint, read onto the CPU; a damaged one is skipped for the one
+    before it.
+
+    On the CPU whatever the run trains on: the RNG states in it must reach
+    ``torch.set_rng_state`` (and ``torch.mps``/``torch.cuda``'s) as CPU ByteTensors, which
+    ``map_location="mps"`` or ``"cuda"`` would turn into device tensors that it refuses; and
+    ``Optimizer.load_state_dict`` moves the optimizer's state onto each parameter's device
+    itself (torch/optim/optimizer.py, ``_process_value_according_to_param_policy``).
+    """
     from safetensors.torch import load_file
 
     for path in reversed(list_checkpoints(root)):
         try:
             meta = json.loads((path / "meta.json").read_text())
             tensors = load_file(path / "adapter.safetensors", device="cpu")
-            state = torch.load(path / "state.pt", map_location=map_location, weights_only=False)
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except Exception as e:  # a damaged checkpoint must not stop the one before it
             log.warning("skipping unreadable checkpoint %s: %s", path, e)
             continue
@@ -445,8 +451,9 @@ def resumable_checkpoint(
     root: Path, device: torch.device, signature: dict[str, Any]
 ) -> Checkpoint | None:
     """The newest checkpoint, if it was saved with this LoRA setup (``signature``); checkpoints
-    of another setup cannot be resumed and are set aside."""
-    ckpt = load_latest_checkpoint(root, map_location=device)
+    of another setup cannot be resumed and are set aside. It is read on the CPU whatever
+    ``device`` the run trains on (see :func:`load_latest_checkpoint`)."""
+    ckpt = load_latest_checkpoint(root)
     if ckpt is None:
         return None
     if ckpt.meta.get("signature") != signature:
