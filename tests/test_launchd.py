@@ -459,3 +459,16 @@ def test_agent_plist_command_runs(tmp_path: Path) -> None:
     done = lorainbox("agent", "plist", "--inbox", tmp_path / "Inbox")
     assert done.returncode == 0, done.stderr
     assert str(tmp_path / "Inbox") in done.stdout
+
+
+def test_install_warns_about_folders_the_agent_may_not_read(
+    tmp_path: Path, where: dict[str, Path]
+) -> None:
+    home = tmp_path / "home"
+    inbox = home / "Documents" / "LoRAInbox"
+    inbox.mkdir(parents=True)
+    report = mac_install(tmp_path, {**where, "inbox": inbox}, FakeLaunchctl())
+    assert report.ok
+    [warning] = report.warnings
+    assert "~/Documents" in warning and "Full Disk Access" in warning
+    assert not mac_install(tmp_path, where, FakeLaunchctl()).warnings

@@ -8,6 +8,7 @@ Every command goes through one runner, so tests check the argv instead of touchi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import plistlib
 import re
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 from lorainbox.core import atomic
 from lorainbox.core.config import DEFAULT_OLLAMA_HOST, Settings, load_settings
 from lorainbox.core.share import LAUNCHD_DIR
+from lorainbox.platform.privacy import places_to_check, privacy_warnings
 
 LABEL = "com.lorainbox.agent"
 UNIT_NAME = "lorainbox.service"
@@ -293,7 +295,12 @@ def install(
     home = home or Path.home()
     t = _target(settings, program, inbox, log_dir, env)
     if platform == "darwin":
-        return _install_launchd(home, t, runner, _uid(uid), sleep)
+        report = _install_launchd(home, t, runner, _uid(uid), sleep)
+        places = places_to_check(t.inbox, Path(sys.prefix), {**os.environ, **t.env})
+        warnings = privacy_warnings(
+            places, home=home, python=Path(sys.executable), platform=platform
+        )
+        return dataclasses.replace(report, warnings=tuple(warnings))
     if platform.startswith("linux"):
         return _install_systemd(home, t, runner)
     return AgentReport(False, home, f"starting at login is not supported on {platform}")

@@ -586,6 +586,7 @@ def chat(
 def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Start the daemon at login (LaunchAgent on macOS, systemd user unit on Linux)."""
     from lorainbox.platform import agent as launchd
+    from lorainbox.platform.notifier import post_test
 
     settings = _settings(inbox, config)
     try:
@@ -593,6 +594,11 @@ def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     except launchd.AgentError as e:
         raise _fail(str(e)) from None
     console.print(report.message, markup=False)
+    for warning in report.warnings:
+        console.print(f"Warning: {warning}", markup=False)
+    if report.ok:
+        _, help_text = post_test()
+        console.print(f"Posted a test notification; {help_text}.", markup=False)
     raise typer.Exit(0 if report.ok else 1)
 
 
