@@ -17,10 +17,12 @@ from lorainbox.platform.sensors.macos import (
     SYSCTL_PRESSURE,
     MacSensors,
     PowerState,
+    SleepTimer,
     parse_ioreg_idle,
     parse_memory_free_percent,
     parse_pmset_batt,
     parse_pmset_low_power,
+    parse_pmset_sleep,
     parse_pmset_therm,
     parse_vm_pressure_level,
     pressure_from_free_percent,
@@ -64,7 +66,9 @@ PRESSURE = {
     "sysctl_vm_pressure_heavy_load.txt": "critical",
 }
 FREE_PERCENT = {"memory_pressure_tail.txt": 49.0}
-TABLES = [BATT, IDLE, THERM, LOW_POWER, PRESSURE, FREE_PERCENT]
+SLEEP = {"pmset_g_macbook_sleep_1.txt": SleepTimer(1, False, ("sharingd",))}
+"""More sleep lines are read in test_keepawake.py (pmset_g_lowpowermode_off.txt has one too)."""
+TABLES = [BATT, IDLE, THERM, LOW_POWER, PRESSURE, FREE_PERCENT, SLEEP]
 ALL_CAPTURES = sorted(name for table in TABLES for name in table)
 
 
@@ -84,6 +88,10 @@ def test_every_parser_on_every_capture(name: str) -> None:
     assert parse_pmset_therm(text) == THERM.get(name)
     assert parse_pmset_low_power(text) == LOW_POWER.get(name)
     assert parse_vm_pressure_level(text) == PRESSURE.get(name)
+    if name in SLEEP:
+        assert parse_pmset_sleep(text) == SLEEP[name]
+    elif not name.startswith("pmset_g_"):  # the other `pmset -g` captures have a sleep line
+        assert parse_pmset_sleep(text) is None
     assert parse_memory_free_percent(text) == FREE_PERCENT.get(name)
 
 

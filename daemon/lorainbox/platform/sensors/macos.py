@@ -6,6 +6,7 @@ The parsers are pure functions of that text so they can be tested on real captur
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,55 @@ def parse_pmset_low_power(text: str) -> bool | None:
     if not values:
         return None
     return "1" in values
+
+
+@dataclass(frozen=True)
+class SleepTimer:
+    """The system sleep timer from ``pmset -g``: what decides whether a Mac left alone sleeps."""
+
+    minutes: int
+    """Idle minutes before system sleep; 0 is never (pmset(1))."""
+    disabled: bool
+    """``SleepDisabled 1`` (``pmset disablesleep 1``): the Mac never sleeps by itself."""
+    prevented_by: tuple[str, ...]
+    """Who holds an assertion against sleep right now ("sleep prevented by sharingd")."""
+
+
+_SLEEP = re.compile(r"^[ \t]*sleep[ \t]+(\d+)(?:[ \t]*\(sleep prevented by ([^)]*)\))?", re.M)
+_SLEEP_DISABLED = re.compile(r"^[ \t]*SleepDisabled[ \t]+(\d+)", re.M)
+
+
+def parse_pmset_sleep(text: str) -> SleepTimer | None:
+    """The ``sleep`` line of ``pmset -g`` (settings in use for the present power source)."""
+    m = _SLEEP.search(text)
+    if m is None:
+        return None
+    disabled = _SLEEP_DISABLED.search(text)
+    holders = tuple(dict.fromkeys(h.strip() for h in (m.group(2) or "").split(",") if h.strip()))
+    return SleepTimer(int(m.group(1)), bool(disabled and disabled.group(1) == "1"), holders)
+
+
+def sleep_advice(timer: SleepTimer, idle_minutes: float) -> tuple[bool | None, str]:
+    """Whether idle sleep can come before a recipe's ``idle_minutes``, and what to change.
+
+    (True: it can't; None: it can, but the daemon holds it off on AC power while a job
+    waits for idle, which is all it needs; the text says how to make sure anyway.)
+    """
+    if timer.disabled or timer.minutes == 0:
+        return True, "system sleep is off"
+    if timer.minutes > idle_minutes:
+        return True, (
+            f"system sleep after {timer.minutes} min idle, later than the {idle_minutes:g} min "
+            "a job waits for"
+        )
+    return None, (
+        f"system sleep after {timer.minutes} min idle comes before the {idle_minutes:g} min "
+        "idle a job waits for; the daemon holds it off with `caffeinate -i` while a job waits "
+        "for idle on AC power. If the Mac still sleeps (the daemon not running, another power "
+        'setting), turn on System Settings > Battery > Options > "Prevent automatic sleeping '
+        'on power adapter when the display is off" (Energy Saver on a desktop), or run '
+        f"`sudo pmset -c sleep {math.ceil(idle_minutes) + 5}`"
+    )
 
 
 _PRESSURE_LEVELS: dict[int, MemoryPressure] = {1: "normal", 2: "warn", 4: "critical"}
