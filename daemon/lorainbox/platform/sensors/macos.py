@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+import psutil
+
 from lorainbox.platform.sensors.base import (
     THERMAL_LEVELS,
     CommandRunner,
@@ -30,6 +32,7 @@ PMSET_THERM = ("/usr/bin/pmset", "-g", "therm")
 PMSET_SETTINGS = ("/usr/bin/pmset", "-g")
 SYSCTL_PRESSURE = ("/usr/sbin/sysctl", "-n", "kern.memorystatus_vm_pressure_level")
 MEMORY_PRESSURE = ("/usr/bin/memory_pressure", "-Q")
+SYSCTL_MEMORY = ("/usr/sbin/sysctl", "kern.memorystatus_level", "hw.memsize")
 
 PowerSourceName = Literal["ac", "battery", "ups"]
 
@@ -212,6 +215,19 @@ def parse_vm_pressure_level(text: str) -> MemoryPressure | None:
     return _PRESSURE_LEVELS.get(int(m.group(1))) if m else None
 
 
+def parse_memorystatus_level(text: str) -> int | None:
+    """``kern.memorystatus_level``: the share of memory (0-100) the kernel counts as
+    available, free pages and what it can drop or compress, as Activity Monitor's memory
+    pressure graph does (psutil's ``available`` leaves out compressible memory)."""
+    m = re.search(r"kern\.memorystatus_level\s*[:=]\s*(\d+)", text)
+    return min(int(m.group(1)), 100) if m else None
+
+
+def parse_memsize(text: str) -> int | None:
+    m = re.search(r"hw\.memsize\s*[:=]\s*(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
 def parse_memory_free_percent(text: str) -> float | None:
     """The last line of ``memory_pressure``: "System-wide memory free percentage: 42%"."""
     m = re.search(r"System-wide memory free percentage:\s*(\d+(?:\.\d+)?)%", text)
@@ -231,7 +247,8 @@ T = TypeVar("T")
 
 
 class MacSensors:
-    """Reads the Mac through ``ioreg``, ``pmset``, ``sysctl`` and psutil; each failure is unknown."""
+    """Reads the Mac through ``ioreg``, ``pmset``, ``sysctl`` and the Objective-C runtime;
+    each failure is unknown."""
 
     def __init__(self, run: CommandRunner = run_text) -> None:
         self._run = run
@@ -247,10 +264,19 @@ class MacSensors:
             has_battery=power.has_battery,
             low_power_mode=self._parse(PMSET_SETTINGS, parse_pmset_low_power),
             thermal=self._parse(PMSET_THERM, parse_pmset_therm),
-            memory_available_gb=memory_available_gb(),
+            memory_available_gb=self._memory_available_gb(),
             memory_pressure=self._memory_pressure(),
             taken_at=now_utc(),
         )
+
+    def _memory_available_gb(self) -> float | None:
+        """``kern.memorystatus_level`` of the memory; psutil's figure when it can't be read."""
+        text = self._run(SYSCTL_MEMORY)
+        level = parse_memorystatus_level(text) if text is not None else None
+        if level is None:
+            return memory_available_gb()
+        total = parse_memsize(text or "") or psutil.virtual_memory().total
+        return level / 100 * total / 1e9
 
     def _memory_pressure(self) -> MemoryPressure | None:
         level = self._parse(SYSCTL_PRESSURE, parse_vm_pressure_level)
