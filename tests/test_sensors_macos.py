@@ -30,6 +30,10 @@ from lorainbox.platform.sensors.macos import (
     parse_vm_pressure_level,
     pressure_from_free_percent,
 )
+from lorainbox.platform.sensors.thermal import (
+    read_process_info_thermal_state,
+    thermal_from_process_info,
+)
 
 DATA = Path(__file__).parent / "data" / "macos"
 
@@ -230,3 +234,25 @@ def test_free_memory_is_the_kernels_memorystatus_level() -> None:
     assert without_size.memory_available_gb == pytest.approx(
         0.41 * psutil.virtual_memory().total / 1e9
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "thermal"),
+    [(0, "nominal"), (1, "fair"), (2, "serious"), (3, "critical"), (4, None), (None, None)],
+)
+def test_process_info_thermal_state_levels(value: int | None, thermal: str | None) -> None:
+    """NSProcessInfoThermalState: 0 nominal, 1 fair, 2 serious, 3 critical."""
+    assert thermal_from_process_info(value) == thermal
+
+
+def test_thermal_state_is_read_where_pmset_is_blind() -> None:
+    """Apple Silicon's pmset says nothing recorded; thermalState says serious: serious wins."""
+    run = FakeMac({PMSET_THERM: capture("pmset_therm_apple_silicon.txt")})
+    assert MacSensors(run=run, thermal_state=lambda: 2).read().thermal == "serious"
+    assert MacSensors(run=run, thermal_state=lambda: None).read().thermal == "nominal"
+    throttled = FakeMac({PMSET_THERM: capture("pmset_thermlog_throttled.txt")})
+    assert MacSensors(run=throttled, thermal_state=lambda: 0).read().thermal == "critical"
+
+
+def test_thermal_state_off_the_mac_is_unknown_not_an_error() -> None:
+    assert read_process_info_thermal_state() is None

@@ -1,4 +1,5 @@
-"""macOS sensors: Apple's own command-line tools, parsed from the text they print.
+"""macOS sensors: Apple's own command-line tools, parsed from the text they print, and the
+thermal state from Foundation (:mod:`thermal`).
 
 The parsers are pure functions of that text so they can be tested on real captures
 (``tests/data/macos/``) on any platform. The class only runs the commands.
@@ -23,6 +24,11 @@ from lorainbox.platform.sensors.base import (
     memory_available_gb,
     now_utc,
     run_text,
+)
+from lorainbox.platform.sensors.thermal import (
+    ThermalReader,
+    read_process_info_thermal_state,
+    thermal_from_process_info,
 )
 
 IOREG_IDLE = ("/usr/sbin/ioreg", "-r", "-c", "IOHIDSystem", "-d", "1")
@@ -250,8 +256,13 @@ class MacSensors:
     """Reads the Mac through ``ioreg``, ``pmset``, ``sysctl`` and the Objective-C runtime;
     each failure is unknown."""
 
-    def __init__(self, run: CommandRunner = run_text) -> None:
+    def __init__(
+        self,
+        run: CommandRunner = run_text,
+        thermal_state: ThermalReader = read_process_info_thermal_state,
+    ) -> None:
         self._run = run
+        self._thermal_state = thermal_state
 
     def read(self) -> Readings:
         power = self._parse(PMSET_BATT, parse_pmset_batt) or UNKNOWN_POWER
@@ -263,11 +274,24 @@ class MacSensors:
             battery_percent=power.battery_percent,
             has_battery=power.has_battery,
             low_power_mode=self._parse(PMSET_SETTINGS, parse_pmset_low_power),
-            thermal=self._parse(PMSET_THERM, parse_pmset_therm),
+            thermal=self._thermal(),
             memory_available_gb=self._memory_available_gb(),
             memory_pressure=self._memory_pressure(),
             taken_at=now_utc(),
         )
+
+    def _thermal(self) -> Thermal | None:
+        """The worse of ``thermalState`` and ``pmset -g therm``; pmset alone says nothing on
+        Apple Silicon, and ``thermalState`` needs Foundation, which is always there on a Mac."""
+        found = [
+            t
+            for t in (
+                thermal_from_process_info(self._thermal_state()),
+                self._parse(PMSET_THERM, parse_pmset_therm),
+            )
+            if t is not None
+        ]
+        return max(found, key=THERMAL_LEVELS.index) if found else None
 
     def _memory_available_gb(self) -> float | None:
         """``kern.memorystatus_level`` of the memory; psutil's figure when it can't be read."""
