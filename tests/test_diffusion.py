@@ -31,6 +31,7 @@ from lorainbox.trainers.diffusion import (
     prepare_image,
     read_images,
     resolve_diffusion_base,
+    vae_encode_dtype,
 )
 from PIL import Image
 
@@ -376,3 +377,33 @@ def test_bf16_weights_with_autocast_as_on_cuda(
     DiffusionTrainer(FAST).train(ctx)
     assert all(math.isfinite(p["train_loss"]) for p in lines(out))
     assert (ctx.adapter_dir / "sks-style.safetensors").is_file()
+
+
+def test_fp16_frozen_weights_without_autocast_as_on_mps(
+    tiny_sdxl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MPS's path (float16 frozen weights, float32 LoRA, no autocast, SDXL's VAE encoding in
+    float32) on the CPU, which runs float16 too: every dtype meeting is exercised."""
+    import lorainbox.trainers.diffusion as diffusion
+    from lorainbox.trainers.torch_common import DeviceSetup
+
+    setup = DeviceSetup(torch.device("cpu"), torch.float16, None, True)
+    monkeypatch.setattr(diffusion, "setup_device", lambda *a, **k: setup)
+    ctx, out = make_ctx(
+        tmp_path / "job",
+        tiny_sdxl,
+        train={"iters": 3, "batch_size": 2},
+        diffusion={"train_text_encoder": True},
+    )
+    DiffusionTrainer(FAST).train(ctx)
+    assert all(math.isfinite(p["train_loss"]) for p in lines(out))
+    [footprint] = lines(out, "footprint")
+    assert footprint["device"] == "cpu"
+    assert (ctx.adapter_dir / "sks-style.safetensors").is_file()
+
+
+def test_vae_encodes_in_float32_when_half_would_overflow() -> None:
+    assert vae_encode_dtype(torch.float16, force_upcast=True) == torch.float32
+    assert vae_encode_dtype(torch.float16, force_upcast=False) == torch.float16
+    assert vae_encode_dtype(torch.bfloat16, force_upcast=True) == torch.bfloat16
+    assert vae_encode_dtype(torch.float32, force_upcast=True) == torch.float32
