@@ -78,6 +78,8 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
             data[key] = os.environ[var]
     data.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings.model_validate(data)
-    settings.inbox = settings.inbox.expanduser()
+    # Resolved once, here: FSEvents reports real paths, so a watcher on a symlinked inbox
+    # would match none of its events against the link's path.
+    settings.inbox = settings.inbox.expanduser().resolve()
     settings.state_dir = settings.state_dir.expanduser()
     return settings
