@@ -472,3 +472,22 @@ def test_install_warns_about_folders_the_agent_may_not_read(
     [warning] = report.warnings
     assert "~/Documents" in warning and "Full Disk Access" in warning
     assert not mac_install(tmp_path, where, FakeLaunchctl()).warnings
+
+
+def test_install_with_the_menubar_adds_a_second_agent(
+    tmp_path: Path, where: dict[str, Path]
+) -> None:
+    runner = FakeLaunchctl()
+    report = mac_install(tmp_path, where, runner, menubar=True)
+    assert report.ok, report.message
+    bar = tmp_path / "home" / "Library" / "LaunchAgents" / f"{launchd.MENUBAR_LABEL}.plist"
+    p = plistlib.loads(bar.read_bytes())
+    assert p["ProgramArguments"] == [str(where["program"]), "menubar"]
+    assert p["LimitLoadToSessionType"] == "Aqua" and p["KeepAlive"] == {"SuccessfulExit": False}
+    assert p["StandardErrorPath"] == str(where["log_dir"] / "menubar.err.log")
+    boots = [c for c in runner.calls if c[1] == "bootstrap"]
+    assert [Path(c[3]).name for c in boots] == [f"{LABEL}.plist", bar.name]
+    report = uninstall(
+        home=tmp_path / "home", runner=runner, platform="darwin", uid=UID, sleep=lambda s: None
+    )
+    assert not bar.exists() and str(bar) in report.message

@@ -27,6 +27,7 @@ from lorainbox.core.share import LAUNCHD_DIR
 from lorainbox.platform.privacy import places_to_check, privacy_warnings
 
 LABEL = "com.lorainbox.agent"
+MENUBAR_LABEL = "com.lorainbox.menubar"
 UNIT_NAME = "lorainbox.service"
 TEMPLATE = LAUNCHD_DIR / f"{LABEL}.plist"
 SYSTEM_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
@@ -145,8 +146,8 @@ def find_program() -> Path:
     )
 
 
-def plist_path(home: Path) -> Path:
-    return home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+def plist_path(home: Path, label: str = LABEL) -> Path:
+    return home / "Library" / "LaunchAgents" / f"{label}.plist"
 
 
 def unit_path(home: Path) -> Path:
@@ -182,6 +183,26 @@ def render_plist(
     environment = plist.setdefault("EnvironmentVariables", {})
     environment["PATH"] = _search_path(program, environment.get("PATH", SYSTEM_PATH))
     environment.update(env or {})
+    return plistlib.dumps(plist, sort_keys=False)
+
+
+def render_menubar_plist(
+    program: Path, *, log_dir: Path, env: Mapping[str, str] | None = None
+) -> bytes:
+    """A second LaunchAgent for the menu-bar app: in the person's GUI session only (Aqua),
+    as an app they look at (Interactive), restarted if it crashes, not if they quit it."""
+    environment = {"PATH": _search_path(program), **(env or {})}
+    plist = {
+        "Label": MENUBAR_LABEL,
+        "ProgramArguments": [str(program.absolute()), "menubar"],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "LimitLoadToSessionType": "Aqua",
+        "ProcessType": "Interactive",
+        "StandardOutPath": str(log_dir.absolute() / "menubar.out.log"),
+        "StandardErrorPath": str(log_dir.absolute() / "menubar.err.log"),
+        "EnvironmentVariables": environment,
+    }
     return plistlib.dumps(plist, sort_keys=False)
 
 
@@ -290,12 +311,28 @@ def install(
     platform: str = sys.platform,
     uid: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    menubar: bool = False,
 ) -> AgentReport:
-    """Write the agent definition and (re)start it; installing twice restarts it."""
+    """Write the agent definition and (re)start it; installing twice restarts it.
+
+    ``menubar`` (macOS): the menu-bar app starts at login too, as an agent of its own.
+    """
     home = home or Path.home()
     t = _target(settings, program, inbox, log_dir, env)
     if platform == "darwin":
-        report = _install_launchd(home, t, runner, _uid(uid), sleep)
+        t.log_dir.mkdir(parents=True, exist_ok=True)
+        agent_plist = render_plist(t.program, inbox=t.inbox, log_dir=t.log_dir, env=t.env)
+        report = _load_launchd(plist_path(home), LABEL, agent_plist, runner, _uid(uid), sleep)
+        if menubar and report.ok:
+            data = render_menubar_plist(t.program, log_dir=t.log_dir, env=t.env)
+            path = plist_path(home, MENUBAR_LABEL)
+            bar = _load_launchd(path, MENUBAR_LABEL, data, runner, _uid(uid), sleep)
+            report = dataclasses.replace(
+                report,
+                ok=bar.ok,
+                message=f"{report.message} {bar.message}",
+                commands=report.commands + bar.commands,
+            )
         places = places_to_check(t.inbox, Path(sys.prefix), {**os.environ, **t.env})
         warnings = privacy_warnings(
             places, home=home, python=Path(sys.executable), platform=platform
@@ -322,6 +359,11 @@ def uninstall(
         existed = path.exists()
         path.unlink(missing_ok=True)
         what = f"Removed {path}" if existed else f"{path} was not installed"
+        bar = plist_path(home, MENUBAR_LABEL)
+        if bar.exists():
+            ran += _stop_launchd(f"gui/{_uid(uid)}/{MENUBAR_LABEL}", runner, sleep)
+            bar.unlink()
+            what += f" and {bar}"
         return AgentReport(True, path, f"{what}; {LABEL} is stopped.", tuple(ran))
     if platform.startswith("linux"):
         path = unit_path(home)
@@ -376,9 +418,10 @@ def _write(path: Path, data: bytes) -> None:
     atomic.write_bytes(path, data)
 
 
-def _install_launchd(
-    home: Path,
-    t: _Target,
+def _load_launchd(
+    path: Path,
+    label: str,
+    data: bytes,
     runner: Runner,
     uid: int,
     sleep: Callable[[float], None],
@@ -386,10 +429,8 @@ def _install_launchd(
     """Homebrew's order (``Library/Homebrew/services/cli.rb``: ``stop`` then
     ``launchctl_load``): stop what runs, ``enable`` (a label once disabled by ``bootout`` or
     ``launchctl disable`` is otherwise refused at bootstrap), then ``bootstrap``."""
-    path = plist_path(home)
-    t.log_dir.mkdir(parents=True, exist_ok=True)
-    _write(path, render_plist(t.program, inbox=t.inbox, log_dir=t.log_dir, env=t.env))
-    domain, service = f"gui/{uid}", f"gui/{uid}/{LABEL}"
+    _write(path, data)
+    domain, service = f"gui/{uid}", f"gui/{uid}/{label}"
     ran = _stop_launchd(service, runner, sleep)
     ran.append(runner(["launchctl", "enable", service]))
     for attempt in range(BOOTSTRAP_ATTEMPTS):
@@ -400,7 +441,7 @@ def _install_launchd(
         if boot.ok:
             break
     if boot.ok:
-        return AgentReport(True, path, f"Installed {path}; launchd started {LABEL}.", tuple(ran))
+        return AgentReport(True, path, f"Installed {path}; launchd started {label}.", tuple(ran))
     return AgentReport(
         False,
         path,

@@ -583,14 +583,20 @@ def chat(
 
 
 @agent_app.command("install")
-def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+def agent_install(
+    inbox: InboxOpt = None,
+    config: ConfigOpt = None,
+    menubar: Annotated[
+        bool, typer.Option("--menubar", help="Start the menu-bar app at login too (macOS).")
+    ] = False,
+) -> None:
     """Start the daemon at login (LaunchAgent on macOS, systemd user unit on Linux)."""
     from lorainbox.platform import agent as launchd
     from lorainbox.platform.notifier import post_test
 
     settings = _settings(inbox, config)
     try:
-        report = launchd.install(settings=settings)
+        report = launchd.install(settings=settings, menubar=menubar)
     except launchd.AgentError as e:
         raise _fail(str(e)) from None
     console.print(report.message, markup=False)
