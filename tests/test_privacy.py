@@ -58,3 +58,21 @@ def test_warnings_name_the_place_and_both_fixes(home: Path, tmp_path: Path) -> N
     assert str(python) in inbox and "--inbox ~/LoRAInbox" in inbox
     assert hf.startswith("$HF_HOME (/Volumes/T7/hf) is in the volume /Volumes/T7")
     assert privacy_warnings(places, home=home, python=python, platform="linux") == []
+
+
+def test_a_base_model_the_agent_may_not_read_is_a_drop_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a LaunchAgent gets in ~/Documents: EPERM from stat, which Path.is_dir raises."""
+    from lorainbox.core.errors import DropError
+    from lorainbox.models.base import resolve_base_model
+
+    def refused(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "stat", refused)
+    with pytest.raises(DropError) as caught:
+        resolve_base_model("~/Documents/models/qwen", tmp_path)
+    text = str(caught.value)
+    assert "Operation not permitted" in text and "Full Disk Access" in text
+    assert "`base_model`" in text
