@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from lorainbox.core.hub import Hub
 from lorainbox.drop.recipe import ScheduleSpec
 from lorainbox.pipeline.gates import evaluate, waits_only_for_idle
+from lorainbox.pipeline.jobs import State
+from lorainbox.pipeline.scheduler import Scheduler
 from lorainbox.platform.keepawake import SleepAssertion
 from lorainbox.platform.sensors.base import Readings, now_utc
 from lorainbox.platform.sensors.macos import SleepTimer, parse_pmset_sleep, sleep_advice
@@ -99,3 +103,56 @@ def test_sleep_advice() -> None:
     assert never is not None and sleep_advice(never, 10) == (True, "system sleep is off")
     held = parse_pmset_sleep((DATA / "pmset_g_lowpowermode_off.txt").read_text())
     assert held is not None and sleep_advice(held, 10)[0] is True
+
+
+class _Store:
+    """The job store's side the scheduler touches, with one job waiting."""
+
+    def __init__(self) -> None:
+        self.job = SimpleNamespace(
+            id=1, name="pirate-bot", held=False, priority=0, state=State.WAITING, waiting_for=None
+        )
+
+    def take_requests(self) -> list[tuple[int, str]]:
+        return []
+
+    def list(self, inbox: object, states: object) -> list[SimpleNamespace]:
+        return [self.job]
+
+    def update(self, job_id: int, **fields: object) -> None:
+        self.job.waiting_for = fields.get("waiting_for")
+
+
+class _Sensors:
+    def __init__(self) -> None:
+        self.readings = readings()
+
+    def read(self) -> Readings:
+        return self.readings
+
+
+def test_the_scheduler_holds_idle_sleep_off_while_a_job_waits_for_idle(caffeinate: Path) -> None:
+    """A real tick, a real (stand-in) caffeinate: held while idle is all that is missing on AC,
+    let go on battery."""
+    sensors = _Sensors()
+    supervisor = SimpleNamespace(current_job_id=None, current_pid=None, start=lambda job: None)
+    awake = SleepAssertion(str(caffeinate))
+    scheduler = Scheduler(
+        _Store(),  # type: ignore[arg-type]
+        Hub(),
+        supervisor,  # type: ignore[arg-type]
+        sensors,
+        inbox="inbox",
+        tick_seconds=3600,
+        on_request=lambda job_id, action: None,
+        awake=awake,
+    )
+    scheduler.gates_for = lambda job, running=False: evaluate(IDLE, sensors.readings, NOON)  # type: ignore[method-assign]
+    try:
+        scheduler.tick()
+        assert awake.held_for == os.getpid()
+        sensors.readings = readings(on_ac_power=False, battery_percent=80)
+        scheduler.tick()
+        assert awake.held_for is None
+    finally:
+        awake.release()
