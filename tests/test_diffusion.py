@@ -31,6 +31,7 @@ from lorainbox.trainers.diffusion import (
     prepare_image,
     read_images,
     resolve_diffusion_base,
+    vae_encode_dtype,
 )
 from PIL import Image
 
@@ -358,21 +359,40 @@ def test_memory_plan_turns_on_checkpointing_then_halves_the_batch() -> None:
         plan_diffusion_footprint(Footprint(1, 2048, True), 2.0, estimate)
 
 
-def test_bf16_weights_with_autocast_as_on_cuda(
-    tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("model", "weights", "autocast"),
+    [("tiny_sd", torch.bfloat16, torch.bfloat16), ("tiny_sdxl", torch.float16, None)],
+    ids=["cuda-bf16-autocast", "mps-fp16-no-autocast"],
+)
+def test_half_frozen_weights_as_on_cuda_and_mps(
+    model: str,
+    weights: torch.dtype,
+    autocast: torch.dtype | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """CUDA's path (bfloat16 frozen weights, float32 LoRA, autocast) on the CPU's autocast."""
+    """CUDA's path (bfloat16 frozen weights, float32 LoRA, autocast) and MPS's (float16 frozen
+    weights, float32 LoRA, no autocast, SDXL's VAE encoding in float32) on the CPU, which runs
+    both: every place the dtypes meet is exercised."""
     import lorainbox.trainers.diffusion as diffusion
     from lorainbox.trainers.torch_common import DeviceSetup
 
-    setup = DeviceSetup(torch.device("cpu"), torch.bfloat16, torch.bfloat16, False)
+    setup = DeviceSetup(torch.device("cpu"), weights, autocast, autocast is None)
     monkeypatch.setattr(diffusion, "setup_device", lambda *a, **k: setup)
     ctx, out = make_ctx(
         tmp_path / "job",
-        tiny_sd,
+        request.getfixturevalue(model),
         train={"iters": 3, "batch_size": 2},
         diffusion={"train_text_encoder": True},
     )
     DiffusionTrainer(FAST).train(ctx)
     assert all(math.isfinite(p["train_loss"]) for p in lines(out))
     assert (ctx.adapter_dir / "sks-style.safetensors").is_file()
+
+
+def test_vae_encodes_in_float32_when_half_would_overflow() -> None:
+    assert vae_encode_dtype(torch.float16, force_upcast=True) == torch.float32
+    assert vae_encode_dtype(torch.float16, force_upcast=False) == torch.float16
+    assert vae_encode_dtype(torch.bfloat16, force_upcast=True) == torch.bfloat16
+    assert vae_encode_dtype(torch.float32, force_upcast=True) == torch.float32

@@ -6,9 +6,11 @@ written outside tmp_path (the home folder is a parameter).
 
 from __future__ import annotations
 
+import os
 import plistlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,14 +59,11 @@ def plist_of(where: dict[str, Path]) -> dict:
 def test_plist_has_what_launchd_needs(where: dict[str, Path]) -> None:
     p = plist_of(where)
     assert p["Label"] == LABEL
-    assert p["ProgramArguments"] == [str(where["program"]), "run"]
+    assert p["ProgramArguments"] == [str(where["program"]), "run", "--log-file-only"]
     assert Path(p["ProgramArguments"][0]).is_absolute()
     assert p["RunAtLoad"] is True
     assert p["KeepAlive"] == {"SuccessfulExit": False}
     assert isinstance(p["ThrottleInterval"], int) and p["ThrottleInterval"] >= 10
-    assert p["ProcessType"] == "Background"
-    assert p["LowPriorityIO"] is True
-    assert isinstance(p["Nice"], int) and p["Nice"] > 0
     assert p["StandardOutPath"] == str(where["log_dir"] / "agent.out.log")
     assert p["StandardErrorPath"] == str(where["log_dir"] / "agent.err.log")
     env = p["EnvironmentVariables"]
@@ -74,6 +73,32 @@ def test_plist_has_what_launchd_needs(where: dict[str, Path]) -> None:
         assert folder in path
     assert path[0] == str(where["program"].parent)
     assert "@" not in plistlib.dumps(p).decode(), "a template placeholder was left unfilled"
+
+
+def test_plist_does_not_throttle_the_worker(where: dict[str, Path]) -> None:
+    """launchd applies ProcessType, LowPriorityIO and Nice to the agent and every child: the
+    worker would train on efficiency cores with throttled I/O."""
+    p = plist_of(where)
+    assert p.get("ProcessType", "Standard") == "Standard"
+    assert "LowPriorityIO" not in p and "Nice" not in p
+
+
+def test_plist_gives_the_worker_time_to_checkpoint(where: dict[str, Path]) -> None:
+    """launchd's default ExitTimeOut (20 s) kills the daemon while it waits for its worker."""
+    from lorainbox.pipeline.service import WORKER_STOP_SECONDS
+
+    assert plist_of(where)["ExitTimeOut"] > WORKER_STOP_SECONDS
+
+
+def test_nice_is_inherited_so_the_daemon_leaves_its_own_alone() -> None:
+    """Why the daemon does not renice itself: a child inherits the value and cannot undo it."""
+    code = (
+        "import os, subprocess, sys; os.nice(5); "
+        "subprocess.run([sys.executable, '-c', 'import os; print(os.nice(0)); os.nice(-5)'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == str(os.nice(0) + 5)
+    assert "PermissionError" in done.stderr or os.geteuid() == 0
 
 
 def test_plist_takes_extra_environment(where: dict[str, Path]) -> None:
@@ -109,7 +134,7 @@ def test_plist_is_well_formed(where: dict[str, Path], tmp_path: Path) -> None:
 def test_template_is_valid_as_shipped() -> None:
     with TEMPLATE.open("rb") as f:
         template = plistlib.load(f)
-    assert template["ProgramArguments"] == ["@LORAINBOX@", "run"]
+    assert template["ProgramArguments"] == ["@LORAINBOX@", "run", "--log-file-only"]
 
 
 # --- launchctl ---------------------------------------------------------------------------
@@ -134,32 +159,62 @@ LAUNCHCTL_PRINT = """gui/501/com.lorainbox.agent = {
 
 
 class FakeLaunchctl:
-    """Plays launchd: remembers whether the agent is loaded, records every argv."""
+    """Plays launchd: remembers whether the agent is loaded and running, records every argv.
 
-    def __init__(self, loaded: bool = False, bootstrap_codes: Sequence[int] = ()) -> None:
+    ``bootout_codes`` are answered to successive bootouts (36: still in progress)."""
+
+    def __init__(
+        self,
+        loaded: bool = False,
+        bootstrap_codes: Sequence[int] = (),
+        bootout_codes: Sequence[int] = (),
+        stops_after_polls: int = 0,
+    ) -> None:
         self.loaded = loaded
+        self.running = loaded
         self.bootstrap_codes = list(bootstrap_codes)
+        self.bootout_codes = list(bootout_codes)
+        self.stops_after_polls = stops_after_polls
+        self.stopping = False
         self.calls: list[list[str]] = []
 
     def __call__(self, argv: Sequence[str]) -> CommandResult:
         self.calls.append(list(argv))
         verb = argv[1]
         if verb == "print":
+            if self.stopping:
+                if self.stops_after_polls == 0:
+                    self.running = self.stopping = False
+                self.stops_after_polls -= 1
             if self.loaded:
-                return CommandResult(tuple(argv), 0, LAUNCHCTL_PRINT)
+                text = LAUNCHCTL_PRINT
+                if not self.running:
+                    text = text.replace("state = running", "state = not running")
+                return CommandResult(tuple(argv), 0, text)
             return CommandResult(tuple(argv), 113, f'Could not find service "{LABEL}" in domain')
+        if verb == "kill":
+            self.stopping = self.running
+            return CommandResult(tuple(argv), 0 if self.loaded else 113, "")
+        if verb == "enable":
+            return CommandResult(tuple(argv), 0, "")
         if verb == "bootout":
-            was, self.loaded = self.loaded, False
-            return CommandResult(tuple(argv), 0 if was else 3, "" if was else "Boot-out failed: 3")
+            code = self.bootout_codes.pop(0) if self.bootout_codes else (0 if self.loaded else 3)
+            if code == 0:
+                self.loaded = self.running = False
+            return CommandResult(tuple(argv), code, "" if code == 0 else f"Boot-out failed: {code}")
         code = self.bootstrap_codes.pop(0) if self.bootstrap_codes else 0
-        self.loaded = code == 0
+        self.loaded = self.running = code == 0
         return CommandResult(
             tuple(argv), code, "" if code == 0 else "Bootstrap failed: 5: Input/output error"
         )
 
 
 def mac_install(tmp_path: Path, where: dict[str, Path], runner: FakeLaunchctl, **kw: object):
+    kw.setdefault("sleep", lambda s: None)
     return install(home=tmp_path / "home", runner=runner, platform="darwin", uid=UID, **where, **kw)
+
+
+SERVICE = f"gui/{UID}/{LABEL}"
 
 
 def test_install_when_not_loaded(tmp_path: Path, where: dict[str, Path]) -> None:
@@ -168,34 +223,62 @@ def test_install_when_not_loaded(tmp_path: Path, where: dict[str, Path]) -> None
     plist = tmp_path / "home" / "Library" / "LaunchAgents" / f"{LABEL}.plist"
     assert report.ok and report.path == plist
     assert runner.calls == [
-        ["launchctl", "print", f"gui/{UID}/{LABEL}"],
+        ["launchctl", "print", SERVICE],
+        ["launchctl", "enable", SERVICE],
         ["launchctl", "bootstrap", f"gui/{UID}", str(plist)],
     ]
     assert plistlib.loads(plist.read_bytes())["ProgramArguments"][0] == str(where["program"])
     assert where["log_dir"].is_dir()
 
 
-def test_install_again_restarts_it(tmp_path: Path, where: dict[str, Path]) -> None:
+def test_install_again_stops_the_daemon_before_bootout(
+    tmp_path: Path, where: dict[str, Path]
+) -> None:
+    """SIGTERM first, so the daemon stops its worker at a checkpoint; bootout once it is
+    down; enable before bootstrap."""
     runner = FakeLaunchctl()
     mac_install(tmp_path, where, runner)
     runner.calls.clear()
-    report = mac_install(tmp_path, where, runner)
-    assert report.ok
-    assert [c[1] for c in runner.calls] == ["print", "bootout", "bootstrap"]
-    assert runner.calls[1] == ["launchctl", "bootout", f"gui/{UID}/{LABEL}"]
-
-
-def test_bootstrap_right_after_bootout_is_retried(tmp_path: Path, where: dict[str, Path]) -> None:
-    runner = FakeLaunchctl(loaded=True, bootstrap_codes=[5, 0])
+    runner.stops_after_polls = 2
     naps: list[float] = []
     report = mac_install(tmp_path, where, runner, sleep=naps.append)
     assert report.ok
-    assert [c[1] for c in runner.calls] == ["print", "bootout", "bootstrap", "bootstrap"]
-    assert naps == [0.5]
+    verbs = [c[1] for c in runner.calls]
+    assert verbs == [
+        "print",
+        "kill",
+        *["print"] * 3,
+        "bootout",
+        "print",
+        "enable",
+        "bootstrap",
+    ]
+    assert runner.calls[1] == ["launchctl", "kill", "SIGTERM", SERVICE]
+    assert naps == [1.0] * 3
+
+
+def test_bootout_in_progress_is_repeated(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl(loaded=True, bootout_codes=[36, 36, 0])
+    runner.running = False
+    naps: list[float] = []
+    report = mac_install(tmp_path, where, runner, sleep=naps.append)
+    assert report.ok
+    assert [c[1] for c in runner.calls].count("bootout") == 3
+    assert naps == [1.0, 1.0]
+
+
+def test_bootstrap_right_after_bootout_is_retried(tmp_path: Path, where: dict[str, Path]) -> None:
+    runner = FakeLaunchctl(loaded=True, bootstrap_codes=[5, 5, 5, 0])
+    runner.running = False
+    naps: list[float] = []
+    report = mac_install(tmp_path, where, runner, sleep=naps.append)
+    assert report.ok
+    assert [c[1] for c in runner.calls][-4:] == ["bootstrap"] * 4
+    assert naps == [1.0] * 3
 
 
 def test_a_failed_bootstrap_is_reported_not_raised(tmp_path: Path, where: dict[str, Path]) -> None:
-    runner = FakeLaunchctl(bootstrap_codes=[5])
+    runner = FakeLaunchctl(bootstrap_codes=[5] * 10)
     report = mac_install(tmp_path, where, runner)
     assert not report.ok
     assert "launchctl bootstrap" in report.message and "Input/output error" in report.message
@@ -206,9 +289,11 @@ def test_uninstall(tmp_path: Path, where: dict[str, Path]) -> None:
     runner = FakeLaunchctl()
     mac_install(tmp_path, where, runner)
     runner.calls.clear()
-    report = uninstall(home=tmp_path / "home", runner=runner, platform="darwin", uid=UID)
+    report = uninstall(
+        home=tmp_path / "home", runner=runner, platform="darwin", uid=UID, sleep=lambda s: None
+    )
     assert report.ok and not report.path.exists()
-    assert runner.calls == [["launchctl", "bootout", f"gui/{UID}/{LABEL}"]]
+    assert [c[1] for c in runner.calls] == ["print", "kill", "print", "bootout", "print"]
     assert not runner.loaded
 
 
@@ -216,6 +301,7 @@ def test_uninstall_when_absent_is_fine(tmp_path: Path) -> None:
     runner = FakeLaunchctl()
     report = uninstall(home=tmp_path, runner=runner, platform="darwin", uid=UID)
     assert report.ok and "was not installed" in report.message
+    assert runner.calls == [["launchctl", "print", SERVICE]]
 
 
 def test_status_reads_launchctl_print(tmp_path: Path, where: dict[str, Path]) -> None:
@@ -364,3 +450,44 @@ def test_status_messages(tmp_path: Path, where: dict[str, Path]) -> None:
     runner.loaded = False
     stopped = status(home=home, runner=runner, platform="darwin", uid=UID).message
     assert "not loaded" in stopped and "Could not find service" in stopped
+
+
+def test_agent_plist_command_runs(tmp_path: Path) -> None:
+    """The `agent` commands import the agent module (they once named one that is gone)."""
+    from tests.daemon_proc import lorainbox
+
+    done = lorainbox("agent", "plist", "--inbox", tmp_path / "Inbox")
+    assert done.returncode == 0, done.stderr
+    assert str(tmp_path / "Inbox") in done.stdout
+
+
+def test_install_warns_about_folders_the_agent_may_not_read(
+    tmp_path: Path, where: dict[str, Path]
+) -> None:
+    home = tmp_path / "home"
+    inbox = home / "Documents" / "LoRAInbox"
+    inbox.mkdir(parents=True)
+    report = mac_install(tmp_path, {**where, "inbox": inbox}, FakeLaunchctl())
+    assert report.ok
+    [warning] = report.warnings
+    assert "~/Documents" in warning and "Full Disk Access" in warning
+    assert not mac_install(tmp_path, where, FakeLaunchctl()).warnings
+
+
+def test_install_with_the_menubar_adds_a_second_agent(
+    tmp_path: Path, where: dict[str, Path]
+) -> None:
+    runner = FakeLaunchctl()
+    report = mac_install(tmp_path, where, runner, menubar=True)
+    assert report.ok, report.message
+    bar = tmp_path / "home" / "Library" / "LaunchAgents" / f"{launchd.MENUBAR_LABEL}.plist"
+    p = plistlib.loads(bar.read_bytes())
+    assert p["ProgramArguments"] == [str(where["program"]), "menubar"]
+    assert p["LimitLoadToSessionType"] == "Aqua" and p["KeepAlive"] == {"SuccessfulExit": False}
+    assert p["StandardErrorPath"] == str(where["log_dir"] / "menubar.err.log")
+    boots = [c for c in runner.calls if c[1] == "bootstrap"]
+    assert [Path(c[3]).name for c in boots] == [f"{LABEL}.plist", bar.name]
+    report = uninstall(
+        home=tmp_path / "home", runner=runner, platform="darwin", uid=UID, sleep=lambda s: None
+    )
+    assert not bar.exists() and str(bar) in report.message

@@ -34,3 +34,26 @@ def test_known_noise_is_dropped_and_real_errors_kept(log_file: Path) -> None:
     text = log_file.read_text()
     assert "thread is inactive" not in text and "maximum number of running" not in text
     assert "inotify watch limit reached" in text and "queued job 1 good" in text
+
+
+def test_a_mac_logs_where_console_looks(tmp_path: Path) -> None:
+    from lorainbox.core.config import default_state_dir, log_dir_for
+
+    assert log_dir_for(default_state_dir(), "darwin") == Path.home() / "Library/Logs/lorainbox"
+    assert log_dir_for(tmp_path, "darwin") == tmp_path / "logs"  # a moved state folder
+    assert log_dir_for(default_state_dir(), "linux") == default_state_dir() / "logs"
+
+
+def test_the_agent_logs_once_to_the_rotated_file(tmp_path: Path) -> None:
+    """Under launchd stderr is agent.err.log, never rotated: `--log-file-only` keeps the lines
+    out of it, so each is written once, to the rotated log."""
+    import os
+
+    from tests.daemon_proc import lorainbox
+
+    inbox = tmp_path / "inbox"
+    done = lorainbox("run", "--once", "--log-file-only", "--inbox", inbox, timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = Path(os.environ["LORAINBOX_STATE_DIR"]) / "logs" / "lorainbox.log"
+    assert f"watching {inbox}" in log.read_text()
+    assert "watching" not in done.stderr + done.stdout

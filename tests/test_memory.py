@@ -15,9 +15,11 @@ from lorainbox.trainers.memory import (
     is_out_of_memory,
     longest_example_tokens,
     memory_budget_gb,
+    metal_working_set_bytes,
     plan_footprint,
     read_model_shape,
     shrink_after_oom,
+    working_set_from,
 )
 
 from tests.models import TINY_FACT, tiny_fact_recipe, tiny_llama, tiny_llama_4bit  # noqa: F401
@@ -126,6 +128,31 @@ def test_budget_from_recipe_or_share_of_memory() -> None:
     assert memory_budget_gb(tiny_fact_recipe(memory__max_gb=6.5), 0.7) == 6.5
     share = memory_budget_gb(tiny_fact_recipe(), 0.5)
     assert share == pytest.approx(psutil.virtual_memory().total / 1e9 * 0.5, abs=0.01)
+
+
+DEVICE_INFO = Path(__file__).parent / "data" / "macos" / "mlx_device_info_m4_pro.json"
+GIB = 2**30
+
+
+def test_metal_working_set_from_a_real_device_info() -> None:
+    import json
+
+    import mlx.core as mx
+
+    assert working_set_from(json.loads(DEVICE_INFO.read_text())) == 40200896512
+    assert working_set_from(mx.device_info()) is None  # this machine's CPU device has none
+    assert metal_working_set_bytes() is None
+
+
+def test_budget_is_capped_at_metals_working_set() -> None:
+    recipe = tiny_fact_recipe()
+    # A 16 GB Mac: Metal recommends about two thirds, less than 70 %.
+    small = memory_budget_gb(recipe, 0.7, total_bytes=16 * GIB, working_set_bytes=11453251584)
+    assert small == 11.45
+    # The M4 Pro of the capture: 70 % of 48 GB is already below its working set.
+    big = memory_budget_gb(recipe, 0.7, total_bytes=48 * GIB, working_set_bytes=40200896512)
+    assert big == round(48 * GIB * 0.7 / 1e9, 2)
+    assert memory_budget_gb(recipe, 0.7, total_bytes=16 * GIB, working_set_bytes=None) == 12.03
 
 
 @pytest.mark.parametrize(

@@ -171,3 +171,54 @@ def test_no_notifier_means_only_the_log(tmp_path: Path, caplog: pytest.LogCaptur
         assert notifier.command("t", "m", kind="done") is None
         assert notifier.notify("pirate-bot", "paused: thermal: serious", kind="paused") is False
     assert caplog.text.count("paused: thermal: serious") == 2
+
+
+def test_each_job_notifies_in_its_own_group(tmp_path: Path) -> None:
+    """One group for every notification made each replace the last: two jobs' news, one left."""
+    from lorainbox.core.events import DropRejected, JobChanged
+    from lorainbox.core.hub import Hub
+    from lorainbox.pipeline.notifications import NotificationRelay
+
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "terminal-notifier")
+    hub = Hub()
+    notifier = Notifier(platform="darwin", search_path=str(bin_dir))
+    NotificationRelay(hub, store=None, notifier=notifier)  # type: ignore[arg-type]
+    hub.publish(JobChanged(1, "pirate-bot", "paused", "training", "on battery"))
+    hub.publish(JobChanged(2, "my-style", "paused", "training", "on battery"))
+    hub.publish(DropRejected("bad-drop", tmp_path, "no data; more"))
+    groups = [argv[argv.index("-group") + 1] for argv in recorded(bin_dir, "terminal-notifier")]
+    assert groups == [
+        "com.lorainbox.pirate-bot",
+        "com.lorainbox.my-style",
+        "com.lorainbox.bad-drop",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tool", "platform", "words"),
+    [
+        ("terminal-notifier", "darwin", "exits 0"),
+        ("osascript", "darwin", "Script Editor"),
+        (None, "darwin", "brew install terminal-notifier"),
+        (None, "linux", "notify-send"),
+    ],
+)
+def test_permission_help_names_what_to_allow(tool: str | None, platform: str, words: str) -> None:
+    from lorainbox.platform.notifier import permission_help
+
+    assert words in permission_help(tool, platform)
+
+
+def test_post_test_posts_and_explains(tmp_path: Path) -> None:
+    from lorainbox.platform.notifier import TEST_MESSAGE, post_test
+
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "osascript")
+    posted, help_text = post_test(Notifier(platform="darwin", search_path=str(bin_dir)))
+    assert posted and "Script Editor" in help_text
+    [argv] = recorded(bin_dir, "osascript")
+    assert TEST_MESSAGE in unquote_applescript(argv[1])
+    fake_tool(tmp_path / "bad", "terminal-notifier", "sys.exit(1)")
+    posted, help_text = post_test(Notifier(platform="darwin", search_path=str(tmp_path / "bad")))
+    assert not posted and help_text.startswith("terminal-notifier failed to post")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
 import pytest
 from lorainbox.platform.sensors.macos import (
     IOREG_IDLE,
@@ -14,16 +15,24 @@ from lorainbox.platform.sensors.macos import (
     PMSET_PS,
     PMSET_SETTINGS,
     PMSET_THERM,
+    SYSCTL_MEMORY,
     SYSCTL_PRESSURE,
     MacSensors,
     PowerState,
+    SleepTimer,
     parse_ioreg_idle,
     parse_memory_free_percent,
+    parse_memorystatus_level,
     parse_pmset_batt,
     parse_pmset_low_power,
+    parse_pmset_sleep,
     parse_pmset_therm,
     parse_vm_pressure_level,
     pressure_from_free_percent,
+)
+from lorainbox.platform.sensors.thermal import (
+    read_process_info_thermal_state,
+    thermal_from_process_info,
 )
 
 DATA = Path(__file__).parent / "data" / "macos"
@@ -62,10 +71,14 @@ LOW_POWER = {
 PRESSURE = {
     "sysctl_vm_pressure_light_load.txt": "normal",
     "sysctl_vm_pressure_heavy_load.txt": "critical",
+    "sysctl_memorystatus_level_loaded.txt": "warn",
 }
+MEMORY_LEVEL = {"sysctl_memorystatus_level_loaded.txt": 41}
 FREE_PERCENT = {"memory_pressure_tail.txt": 49.0}
-TABLES = [BATT, IDLE, THERM, LOW_POWER, PRESSURE, FREE_PERCENT]
-ALL_CAPTURES = sorted(name for table in TABLES for name in table)
+SLEEP = {"pmset_g_macbook_sleep_1.txt": SleepTimer(1, False, ("sharingd",))}
+"""More sleep lines are read in test_keepawake.py (pmset_g_lowpowermode_off.txt has one too)."""
+TABLES = [BATT, IDLE, THERM, LOW_POWER, PRESSURE, FREE_PERCENT, SLEEP, MEMORY_LEVEL]
+ALL_CAPTURES = sorted({name for table in TABLES for name in table})
 
 
 def test_every_capture_is_tested_and_has_a_source() -> None:
@@ -84,6 +97,11 @@ def test_every_parser_on_every_capture(name: str) -> None:
     assert parse_pmset_therm(text) == THERM.get(name)
     assert parse_pmset_low_power(text) == LOW_POWER.get(name)
     assert parse_vm_pressure_level(text) == PRESSURE.get(name)
+    assert parse_memorystatus_level(text) == MEMORY_LEVEL.get(name)
+    if name in SLEEP:
+        assert parse_pmset_sleep(text) == SLEEP[name]
+    elif not name.startswith("pmset_g_"):  # the other `pmset -g` captures have a sleep line
+        assert parse_pmset_sleep(text) is None
     assert parse_memory_free_percent(text) == FREE_PERCENT.get(name)
 
 
@@ -203,3 +221,38 @@ def test_mac_sensors_with_no_tools_at_all() -> None:
     r = MacSensors(run=FakeMac({})).read()
     assert (r.idle_seconds, r.on_ac_power, r.has_battery, r.thermal) == (None, None, None, None)
     assert r.memory_pressure is None
+
+
+def test_free_memory_is_the_kernels_memorystatus_level() -> None:
+    """41 % of a 48 GiB Mac is available by the kernel's count, whatever psutil says."""
+    loaded = capture("sysctl_memorystatus_level_loaded.txt") + "hw.memsize: 51539607552\n"
+    r = MacSensors(run=FakeMac({SYSCTL_MEMORY: loaded})).read()
+    assert r.memory_available_gb == pytest.approx(0.41 * 51539607552 / 1e9)
+    without_size = MacSensors(
+        run=FakeMac({SYSCTL_MEMORY: capture("sysctl_memorystatus_level_loaded.txt")})
+    ).read()
+    assert without_size.memory_available_gb == pytest.approx(
+        0.41 * psutil.virtual_memory().total / 1e9
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "thermal"),
+    [(0, "nominal"), (1, "fair"), (2, "serious"), (3, "critical"), (4, None), (None, None)],
+)
+def test_process_info_thermal_state_levels(value: int | None, thermal: str | None) -> None:
+    """NSProcessInfoThermalState: 0 nominal, 1 fair, 2 serious, 3 critical."""
+    assert thermal_from_process_info(value) == thermal
+
+
+def test_thermal_state_is_read_where_pmset_is_blind() -> None:
+    """Apple Silicon's pmset says nothing recorded; thermalState says serious: serious wins."""
+    run = FakeMac({PMSET_THERM: capture("pmset_therm_apple_silicon.txt")})
+    assert MacSensors(run=run, thermal_state=lambda: 2).read().thermal == "serious"
+    assert MacSensors(run=run, thermal_state=lambda: None).read().thermal == "nominal"
+    throttled = FakeMac({PMSET_THERM: capture("pmset_thermlog_throttled.txt")})
+    assert MacSensors(run=throttled, thermal_state=lambda: 0).read().thermal == "critical"
+
+
+def test_thermal_state_off_the_mac_is_unknown_not_an_error() -> None:
+    assert read_process_info_thermal_state() is None

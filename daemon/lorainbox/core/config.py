@@ -25,9 +25,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inbox: Path = Field(default_factory=lambda: Path.home() / "LoRAInbox")
-    state_dir: Path = Field(
-        default_factory=lambda: Path(platformdirs.user_state_dir("lorainbox", appauthor=False))
-    )
+    state_dir: Path = Field(default_factory=lambda: default_state_dir())
     settle_seconds: float = 5.0
     """A drop is ready once nothing in it has changed for this long."""
     tick_seconds: float = 30.0
@@ -54,7 +52,19 @@ class Settings(BaseModel):
 
     @property
     def log_dir(self) -> Path:
-        return self.state_dir / "logs"
+        return log_dir_for(self.state_dir)
+
+
+def default_state_dir() -> Path:
+    return Path(platformdirs.user_state_dir("lorainbox", appauthor=False))
+
+
+def log_dir_for(state_dir: Path, platform: str = sys.platform) -> Path:
+    """~/Library/Logs/lorainbox on a Mac, where Console lists it, unless the state folder was
+    moved (a test, the demo): then the logs stay beside the state, as elsewhere."""
+    if platform == "darwin" and state_dir == default_state_dir():
+        return Path.home() / "Library" / "Logs" / "lorainbox"
+    return state_dir / "logs"
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:
@@ -78,6 +88,8 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
             data[key] = os.environ[var]
     data.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings.model_validate(data)
-    settings.inbox = settings.inbox.expanduser()
+    # Resolved once, here: FSEvents reports real paths, so a watcher on a symlinked inbox
+    # would match none of its events against the link's path.
+    settings.inbox = settings.inbox.expanduser().resolve()
     settings.state_dir = settings.state_dir.expanduser()
     return settings

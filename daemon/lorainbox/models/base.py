@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,18 @@ def resolve_base_model(spec: str, drop_dir: Path) -> Path:
     path = Path(spec).expanduser()
     if not path.is_absolute():
         path = Path(drop_dir) / path
-    if path.is_dir():
-        return path.resolve()
+    try:
+        if path.is_dir():
+            return path.resolve()
+    except PermissionError as e:
+        raise DropError.one(
+            f"the base model's folder {path} can't be read ({e.strerror})",
+            "recipe.toml, `base_model`",
+            "macOS keeps background agents out of ~/Documents, ~/Desktop, ~/Downloads, iCloud "
+            "Drive and /Volumes: move the model elsewhere (~/models, say), or give "
+            f"{Path(sys.executable).resolve()} Full Disk Access (System Settings > Privacy & "
+            "Security > Full Disk Access) and restart the agent (`lorainbox agent install`)",
+        ) from None
     looks_local = spec.startswith(("/", "~", ".")) or spec.count("/") != 1
     if looks_local or not _HUB_ID.fullmatch(spec):
         raise DropError.one(

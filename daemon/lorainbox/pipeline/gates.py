@@ -58,6 +58,20 @@ def evaluate(
     return GateResult(not failing, "; ".join(failing) or None, checks)
 
 
+def waits_only_for_idle(result: GateResult, r: Readings) -> bool:
+    """Whether the one thing keeping a job back is the person's recent input, on AC power.
+
+    Then idle sleep must not come first: with a sleep timer shorter than ``idle_minutes``
+    the Mac falls asleep before the idle gate can open. On battery no job trains anyway.
+    """
+    failing = [c for c in result.details if not c.ok]
+    return (
+        bool(failing)
+        and all(c.gate == "idle" and not c.unknown for c in failing)
+        and r.on_ac_power is True
+    )
+
+
 def check_power(schedule: ScheduleSpec, r: Readings) -> GateCheck:
     """Wall power, or with ``require_ac_power = false`` enough battery.
 

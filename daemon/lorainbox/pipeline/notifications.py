@@ -1,4 +1,8 @@
-"""Turns job events on the hub into notifications (done, failed, paused, rejected drops)."""
+"""Turns job events on the hub into notifications (done, failed, paused, rejected drops).
+
+Each job's news goes to a group of its own: a job's "done" replaces its "paused", and two jobs
+never replace each other's.
+"""
 
 from __future__ import annotations
 
@@ -27,13 +31,18 @@ class NotificationRelay:
                 msg = f"{e.name} is trained; results are in {job.folder}"
             image = job.folder / "samples.png"
             self.notifier.notify(
-                APP_NAME, msg, kind="done", image=image if image.exists() else None
+                APP_NAME, msg, kind="done", image=image if image.exists() else None, group=e.name
             )
         elif e.state == "paused":
-            self.notifier.notify(APP_NAME, f"{e.name} paused: {e.detail}", kind="paused")
+            self.notifier.notify(
+                APP_NAME, f"{e.name} paused: {e.detail}", kind="paused", group=e.name
+            )
 
     def _on_rejected(self, e: DropRejected) -> None:
         first = e.message.split(";")[0]
         self.notifier.notify(
-            APP_NAME, f"{e.name} failed: {first}. See ERROR.md in {e.path}", kind="failed"
+            APP_NAME,
+            f"{e.name} failed: {first}. See ERROR.md in {e.path}",
+            kind="failed",
+            group=e.name,
         )

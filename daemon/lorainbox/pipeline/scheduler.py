@@ -9,9 +9,6 @@ one at a time, highest priority first, then oldest.
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -20,9 +17,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from lorainbox.core.events import JobChanged, Wake
 from lorainbox.core.hub import Hub
-from lorainbox.pipeline.gates import GateResult, evaluate
+from lorainbox.pipeline.gates import GateResult, evaluate, waits_only_for_idle
 from lorainbox.pipeline.jobs import Job, JobStore, State
 from lorainbox.pipeline.supervisor import Supervisor, load_recipe_of
+from lorainbox.platform.keepawake import SleepAssertion
 from lorainbox.platform.sensors import Readings, Sensors
 
 log = logging.getLogger(__name__)
@@ -42,6 +40,7 @@ class Scheduler:
         tick_seconds: float,
         on_request: Callable[[int, str], None],
         extra_tick: Callable[[], None] = lambda: None,
+        awake: SleepAssertion | None = None,
     ):
         self.store = store
         self.hub = hub
@@ -52,7 +51,7 @@ class Scheduler:
         self.extra_tick = extra_tick
         self.last_readings: Readings | None = None
         self._tick_lock = threading.Lock()
-        self._caffeinate: subprocess.Popen[bytes] | None = None
+        self.awake = awake or SleepAssertion()
         self._aps = BackgroundScheduler(daemon=True)
         self._aps.add_job(
             self.tick, "interval", seconds=tick_seconds, id="tick", max_instances=1, coalesce=True
@@ -89,7 +88,6 @@ class Scheduler:
         if running_id is not None:
             self._check_running(self.store.get(running_id))
         else:
-            self._release_sleep()
             self._start_next()
         self.extra_tick()
 
@@ -118,8 +116,11 @@ class Scheduler:
             self.supervisor.stop(f"gate: {result.waiting_for}")
 
     def _start_next(self) -> None:
+        """Start the first job whose gates hold; while none does and one waits only for the
+        person to leave (on AC), keep idle sleep off so the idle gate can open first."""
         jobs = [j for j in self.store.list(self.inbox, CANDIDATES) if not j.held]
         jobs.sort(key=lambda j: (-j.priority, j.id))
+        waiting_for_idle = None
         for job in jobs:
             try:
                 result = self.gates_for(job)
@@ -130,6 +131,9 @@ class Scheduler:
                 self.supervisor.start(job)
                 self._keep_awake()
                 return
+            assert self.last_readings is not None
+            if waiting_for_idle is None and waits_only_for_idle(result, self.last_readings):
+                waiting_for_idle = job.name
             if job.state in (State.WAITING, State.PAUSED):
                 if job.waiting_for != result.waiting_for:
                     self.store.update(job.id, waiting_for=result.waiting_for, mirror=True)
@@ -138,16 +142,18 @@ class Scheduler:
                     job.id, State.WAITING, detail=result.waiting_for, waiting_for=result.waiting_for
                 )
             # Later jobs may have laxer gates (when = "now"): keep looking.
+        if waiting_for_idle is None:
+            self.awake.release()
+        else:
+            self.awake.hold(why=f"{waiting_for_idle} waits only for the Mac to be left idle")
 
     def _keep_awake(self) -> None:
-        """On macOS, hold off idle sleep while the worker runs (``caffeinate -i -w PID``)."""
+        """Hold off idle sleep while the worker runs (tied to its PID)."""
         pid = self.supervisor.current_pid
-        if sys.platform != "darwin" or pid is None or not shutil.which("caffeinate"):
-            return
-        self._release_sleep()
-        self._caffeinate = subprocess.Popen(["caffeinate", "-i", "-w", str(pid)])
+        if pid is None:
+            self.awake.release()
+        else:
+            self.awake.hold(pid, why="training")
 
     def _release_sleep(self) -> None:
-        if self._caffeinate is not None and self._caffeinate.poll() is None:
-            self._caffeinate.terminate()
-        self._caffeinate = None
+        self.awake.release()

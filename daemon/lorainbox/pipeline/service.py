@@ -43,6 +43,9 @@ from lorainbox.worker.outcome import Outcome, Verdict
 
 log = logging.getLogger(__name__)
 
+WORKER_STOP_SECONDS = 120.0
+"""How long a worker gets to reach a checkpoint; the LaunchAgent's ExitTimeOut is longer."""
+
 
 class AlreadyRunning(RuntimeError):
     pass
@@ -177,7 +180,7 @@ class Daemon:
         self.scheduler.shutdown()  # first, so no tick starts a worker while the last one stops
         if self.supervisor.busy:
             self.supervisor.stop("shutdown")
-            if not self.supervisor.wait(timeout=120):
+            if not self.supervisor.wait(timeout=WORKER_STOP_SECONDS):
                 log.warning(
                     "worker did not stop in time; killing it (it resumes from its checkpoint)"
                 )
@@ -435,7 +438,7 @@ def _stop_orphan(pid: int | None) -> None:
         if "lorainbox.worker" not in " ".join(proc.cmdline()):
             return
         proc.terminate()
-        proc.wait(timeout=120)
+        proc.wait(timeout=WORKER_STOP_SECONDS)
     except psutil.TimeoutExpired:
         proc.kill()
     except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -8,6 +8,7 @@ Every command goes through one runner, so tests check the argv instead of touchi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import plistlib
 import re
@@ -23,8 +24,10 @@ from typing import Any, Protocol
 from lorainbox.core import atomic
 from lorainbox.core.config import DEFAULT_OLLAMA_HOST, Settings, load_settings
 from lorainbox.core.share import LAUNCHD_DIR
+from lorainbox.platform.privacy import places_to_check, privacy_warnings
 
 LABEL = "com.lorainbox.agent"
+MENUBAR_LABEL = "com.lorainbox.menubar"
 UNIT_NAME = "lorainbox.service"
 TEMPLATE = LAUNCHD_DIR / f"{LABEL}.plist"
 SYSTEM_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
@@ -33,17 +36,24 @@ SYSTEM_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 # a test keeps the two equal.
 FALLBACK_TEMPLATE: dict[str, Any] = {
     "Label": LABEL,
-    "ProgramArguments": ["@LORAINBOX@", "run"],
+    "ProgramArguments": ["@LORAINBOX@", "run", "--log-file-only"],
     "RunAtLoad": True,
     "KeepAlive": {"SuccessfulExit": False},
     "ThrottleInterval": 30,
-    "ProcessType": "Background",
-    "LowPriorityIO": True,
-    "Nice": 10,
+    "ExitTimeOut": 150,
     "StandardOutPath": "@LOG_DIR@/agent.out.log",
     "StandardErrorPath": "@LOG_DIR@/agent.err.log",
     "EnvironmentVariables": {"PATH": SYSTEM_PATH, "LORAINBOX_INBOX": "@INBOX@"},
 }
+
+
+STOP_WAIT_SECONDS = 150.0
+"""How long to wait for the daemon to let its worker checkpoint (the plist's ExitTimeOut)."""
+BOOTOUT_WAIT_SECONDS = 60.0
+"""How long to repeat a ``bootout`` that launchd answers "in progress" (Homebrew's default)."""
+BOOTSTRAP_ATTEMPTS = 10
+EINPROGRESS = 36
+"""launchctl's exit status while a bootout is still under way (errno EINPROGRESS)."""
 
 
 class AgentError(RuntimeError):
@@ -97,6 +107,8 @@ class AgentReport:
     path: Path
     message: str
     commands: tuple[CommandResult, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What the person must allow or move by hand (macOS privacy, see :mod:`privacy`)."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +146,8 @@ def find_program() -> Path:
     )
 
 
-def plist_path(home: Path) -> Path:
-    return home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+def plist_path(home: Path, label: str = LABEL) -> Path:
+    return home / "Library" / "LaunchAgents" / f"{label}.plist"
 
 
 def unit_path(home: Path) -> Path:
@@ -171,6 +183,26 @@ def render_plist(
     environment = plist.setdefault("EnvironmentVariables", {})
     environment["PATH"] = _search_path(program, environment.get("PATH", SYSTEM_PATH))
     environment.update(env or {})
+    return plistlib.dumps(plist, sort_keys=False)
+
+
+def render_menubar_plist(
+    program: Path, *, log_dir: Path, env: Mapping[str, str] | None = None
+) -> bytes:
+    """A second LaunchAgent for the menu-bar app: in the person's GUI session only (Aqua),
+    as an app they look at (Interactive), restarted if it crashes, not if they quit it."""
+    environment = {"PATH": _search_path(program), **(env or {})}
+    plist = {
+        "Label": MENUBAR_LABEL,
+        "ProgramArguments": [str(program.absolute()), "menubar"],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "LimitLoadToSessionType": "Aqua",
+        "ProcessType": "Interactive",
+        "StandardOutPath": str(log_dir.absolute() / "menubar.out.log"),
+        "StandardErrorPath": str(log_dir.absolute() / "menubar.err.log"),
+        "EnvironmentVariables": environment,
+    }
     return plistlib.dumps(plist, sort_keys=False)
 
 
@@ -279,12 +311,33 @@ def install(
     platform: str = sys.platform,
     uid: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    menubar: bool = False,
 ) -> AgentReport:
-    """Write the agent definition and (re)start it; installing twice restarts it."""
+    """Write the agent definition and (re)start it; installing twice restarts it.
+
+    ``menubar`` (macOS): the menu-bar app starts at login too, as an agent of its own.
+    """
     home = home or Path.home()
     t = _target(settings, program, inbox, log_dir, env)
     if platform == "darwin":
-        return _install_launchd(home, t, runner, _uid(uid), sleep)
+        t.log_dir.mkdir(parents=True, exist_ok=True)
+        agent_plist = render_plist(t.program, inbox=t.inbox, log_dir=t.log_dir, env=t.env)
+        report = _load_launchd(plist_path(home), LABEL, agent_plist, runner, _uid(uid), sleep)
+        if menubar and report.ok:
+            data = render_menubar_plist(t.program, log_dir=t.log_dir, env=t.env)
+            path = plist_path(home, MENUBAR_LABEL)
+            bar = _load_launchd(path, MENUBAR_LABEL, data, runner, _uid(uid), sleep)
+            report = dataclasses.replace(
+                report,
+                ok=bar.ok,
+                message=f"{report.message} {bar.message}",
+                commands=report.commands + bar.commands,
+            )
+        places = places_to_check(t.inbox, Path(sys.prefix), {**os.environ, **t.env})
+        warnings = privacy_warnings(
+            places, home=home, python=Path(sys.executable), platform=platform
+        )
+        return dataclasses.replace(report, warnings=tuple(warnings))
     if platform.startswith("linux"):
         return _install_systemd(home, t, runner)
     return AgentReport(False, home, f"starting at login is not supported on {platform}")
@@ -296,16 +349,22 @@ def uninstall(
     runner: Runner = run_command,
     platform: str = sys.platform,
     uid: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> AgentReport:
     """Stop the agent and remove its definition; fine when it isn't installed."""
     home = home or Path.home()
     if platform == "darwin":
         path = plist_path(home)
-        ran = (runner(["launchctl", "bootout", f"gui/{_uid(uid)}/{LABEL}"]),)
+        ran = _stop_launchd(f"gui/{_uid(uid)}/{LABEL}", runner, sleep)
         existed = path.exists()
         path.unlink(missing_ok=True)
         what = f"Removed {path}" if existed else f"{path} was not installed"
-        return AgentReport(True, path, f"{what}; {LABEL} is stopped.", ran)
+        bar = plist_path(home, MENUBAR_LABEL)
+        if bar.exists():
+            ran += _stop_launchd(f"gui/{_uid(uid)}/{MENUBAR_LABEL}", runner, sleep)
+            bar.unlink()
+            what += f" and {bar}"
+        return AgentReport(True, path, f"{what}; {LABEL} is stopped.", tuple(ran))
     if platform.startswith("linux"):
         path = unit_path(home)
         ran = [runner(["systemctl", "--user", "disable", "--now", UNIT_NAME])]
@@ -359,31 +418,30 @@ def _write(path: Path, data: bytes) -> None:
     atomic.write_bytes(path, data)
 
 
-def _install_launchd(
-    home: Path,
-    t: _Target,
+def _load_launchd(
+    path: Path,
+    label: str,
+    data: bytes,
     runner: Runner,
     uid: int,
     sleep: Callable[[float], None],
 ) -> AgentReport:
-    path = plist_path(home)
-    t.log_dir.mkdir(parents=True, exist_ok=True)
-    _write(path, render_plist(t.program, inbox=t.inbox, log_dir=t.log_dir, env=t.env))
-    domain, service = f"gui/{uid}", f"gui/{uid}/{LABEL}"
-    ran = [runner(["launchctl", "print", service])]
-    if ran[-1].ok:
-        ran.append(runner(["launchctl", "bootout", service]))
-    # Right after a bootout launchd may still be tearing the old job down; give it a moment.
-    attempts = 3 if len(ran) == 2 else 1
-    for attempt in range(attempts):
+    """Homebrew's order (``Library/Homebrew/services/cli.rb``: ``stop`` then
+    ``launchctl_load``): stop what runs, ``enable`` (a label once disabled by ``bootout`` or
+    ``launchctl disable`` is otherwise refused at bootstrap), then ``bootstrap``."""
+    _write(path, data)
+    domain, service = f"gui/{uid}", f"gui/{uid}/{label}"
+    ran = _stop_launchd(service, runner, sleep)
+    ran.append(runner(["launchctl", "enable", service]))
+    for attempt in range(BOOTSTRAP_ATTEMPTS):
         if attempt:
-            sleep(0.5)
+            sleep(1.0)
         boot = runner(["launchctl", "bootstrap", domain, str(path)])
         ran.append(boot)
         if boot.ok:
             break
     if boot.ok:
-        return AgentReport(True, path, f"Installed {path}; launchd started {LABEL}.", tuple(ran))
+        return AgentReport(True, path, f"Installed {path}; launchd started {label}.", tuple(ran))
     return AgentReport(
         False,
         path,
@@ -391,6 +449,49 @@ def _install_launchd(
         f"Run it yourself to see launchd's complaint.",
         tuple(ran),
     )
+
+
+def _stop_launchd(
+    service: str, runner: Runner, sleep: Callable[[float], None]
+) -> list[CommandResult]:
+    """Stop a loaded agent so that its worker checkpoints first, then boot it out.
+
+    ``bootout`` alone would have launchd kill the daemon after ExitTimeOut while the worker,
+    in a session of its own, trains on without the gates; so the daemon is sent SIGTERM first
+    (it stops the worker at a checkpoint and exits 0, which KeepAlive leaves alone) and is
+    waited for. The bootout is then repeated while launchd says it is still in progress, as
+    Homebrew's ``Services::Cli.stop`` does.
+    """
+    shown = runner(["launchctl", "print", service])
+    ran = [shown]
+    if not shown.ok:
+        return ran
+    if _print_state(shown.output) == "running":
+        ran.append(runner(["launchctl", "kill", "SIGTERM", service]))
+        waited = 0.0
+        while waited < STOP_WAIT_SECONDS:
+            sleep(1.0)
+            waited += 1.0
+            shown = runner(["launchctl", "print", service])
+            if not shown.ok or _print_state(shown.output) != "running":
+                break
+        ran.append(shown)
+    waited = 0.0
+    while True:
+        out = runner(["launchctl", "bootout", service])
+        ran.append(out)
+        if out.returncode != EINPROGRESS and not runner(["launchctl", "print", service]).ok:
+            break
+        if waited >= BOOTOUT_WAIT_SECONDS:
+            break
+        sleep(1.0)
+        waited += 1.0
+    return ran
+
+
+def _print_state(output: str) -> str | None:
+    state = re.search(r"^\s*state = (\S+)", output, re.M)
+    return state.group(1) if state else None
 
 
 def _install_systemd(home: Path, t: _Target, runner: Runner) -> AgentReport:

@@ -3,6 +3,11 @@
 A desktop notification where the machine can post one (terminal-notifier or osascript on
 macOS, notify-send on Linux), and always the log. Posting is best effort: a notifier that is
 missing, fails or hangs is logged and never fails the job.
+
+On a Mac, "posted" means only that the tool took it: terminal-notifier exits 0 when macOS
+shows nothing (notifications for it turned off), and ``osascript``'s notifications are
+attributed to Script Editor, which needs permission of its own. :func:`permission_help` says
+what to allow; ``lorainbox doctor`` and ``agent install`` post a test notification.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from lorainbox.core.layout import APP_NAME
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["done", "failed", "paused"]
+Kind = Literal["done", "failed", "paused", "test"]
+GROUP_PREFIX = "com.lorainbox."
+TEST_MESSAGE = "Notifications work: this is how LoRA Inbox says a model is ready."
 
 
 def done_message(model: str) -> str:
@@ -69,13 +76,14 @@ class Notifier:
         kind: Kind,
         subtitle: str | None = None,
         image: Path | None = None,
+        group: str | None = None,
     ) -> bool:
-        """Log the news, then post it; True when a notification was posted."""
+        """Log the news, then post it; True when the notifier took it (not proof it was seen)."""
         extra = f" ({subtitle})" if subtitle else ""
         log.log(
             logging.WARNING if kind == "failed" else logging.INFO, "%s%s: %s", title, extra, message
         )
-        argv = self.command(title, message, kind=kind, subtitle=subtitle, image=image)
+        argv = self.command(title, message, kind=kind, subtitle=subtitle, image=image, group=group)
         if argv is None:
             log.debug("no desktop notifier on this machine; the log has it")
             return False
@@ -89,13 +97,18 @@ class Notifier:
         kind: Kind,
         subtitle: str | None = None,
         image: Path | None = None,
+        group: str | None = None,
     ) -> list[str] | None:
-        """The argv that would post this notification here, or None when nothing can."""
+        """The argv that would post this notification here, or None when nothing can.
+
+        ``group`` (default: the title) is terminal-notifier's ``-group``: a notification
+        replaces the last one of its group, so a job's "done" replaces its "paused" and
+        leaves other jobs' news alone.
+        """
         if self.platform == "darwin":
             if notifier := self._which("terminal-notifier"):
-                # One group per title: a job's "paused" is replaced by its "done".
                 argv = [notifier, "-title", title, "-message", message]
-                argv += ["-group", f"com.lorainbox.{title}"]
+                argv += ["-group", f"{GROUP_PREFIX}{group or title}"]
                 if subtitle:
                     argv += ["-subtitle", subtitle]
                 if image is not None:
@@ -116,6 +129,11 @@ class Notifier:
             body = f"{subtitle}\n{message}" if subtitle else message
             return [*argv, "--", title, body]
         return None
+
+    def tool(self) -> str | None:
+        """The name of the tool that posts here, or None."""
+        argv = self.command("", "", kind="test")
+        return Path(argv[0]).name if argv else None
 
     def _which(self, name: str) -> str | None:
         return shutil.which(name, path=self.search_path)
@@ -156,3 +174,39 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
         proc.communicate(timeout=1)
     except subprocess.TimeoutExpired:
         log.debug("notifier's output pipe is still held open; leaving it")
+
+
+def permission_help(tool: str | None, platform: str = sys.platform) -> str:
+    """What a person must allow (or install) for notifications from ``tool`` to be seen."""
+    if tool is None:
+        if platform == "darwin":
+            return (
+                "no notifier: `brew install terminal-notifier` (results are in the log and "
+                "`lorainbox status` meanwhile)"
+            )
+        return "no notifier: install notify-send (libnotify) to see results on the desktop"
+    if tool == "terminal-notifier":
+        return (
+            "terminal-notifier exits 0 even when macOS hides its notifications: if the test "
+            "notification did not appear, allow it in System Settings > Notifications > "
+            "terminal-notifier (Allow notifications, style Banners or Alerts)"
+        )
+    if tool == "osascript":
+        return (
+            "macOS shows osascript's notifications as Script Editor's: if the test "
+            "notification did not appear, open Script Editor once, then allow it in System "
+            "Settings > Notifications > Script Editor; or `brew install terminal-notifier`, "
+            "which gets an entry of its own"
+        )
+    return f"if the test notification did not appear, check {tool}'s desktop notification settings"
+
+
+def post_test(notifier: Notifier | None = None) -> tuple[bool, str]:
+    """Post a test notification; (whether the tool took it, what to allow if it was not seen)."""
+    notifier = notifier or Notifier()
+    posted = notifier.notify(APP_NAME, TEST_MESSAGE, kind="test", group="test")
+    tool = notifier.tool()
+    help_text = permission_help(tool, notifier.platform)
+    if tool and not posted:
+        return False, f"{tool} failed to post (see the log); {help_text}"
+    return posted, help_text

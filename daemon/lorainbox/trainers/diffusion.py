@@ -383,6 +383,8 @@ def diffusion_loss(
             BASE_WHERE,
             "use a model that predicts epsilon or v (SD 1.x, 2.x, XL)",
         )
+    if setup.autocast_dtype is None:  # half frozen weights without autocast (MPS) take half
+        noisy = noisy.to(setup.weight_dtype)
     with setup.autocast():
         pred = parts.unet(noisy, steps, embeds, added_cond_kwargs=added).sample
     return F.mse_loss(pred.float(), target.float())
@@ -406,6 +408,15 @@ def estimate_diffusion_gb(
     if grad_checkpoint:
         acts *= CHECKPOINTED_SHARE
     return (weight_bytes + 16 * lora_params + acts) / GB + 0.8
+
+
+def vae_encode_dtype(weight_dtype: torch.dtype, force_upcast: bool) -> torch.dtype:
+    """The VAE encodes in float32 when the weights are float16 and its config says it
+    overflows there (``force_upcast``: SDXL's VAE gives NaN latents in float16; diffusers'
+    SDXL scripts keep it float32 "to avoid NaN losses"). It is small: ~0.3 GB in float32."""
+    if weight_dtype == torch.float16 and force_upcast:
+        return torch.float32
+    return weight_dtype
 
 
 def plan_diffusion_footprint(
@@ -458,7 +469,9 @@ class DiffusionTrainer:
         copy_to = _copy_target(recipe, ctx.job_dir)
         if copy_to is not None:
             _check_writable(copy_to)
-        setup = setup_device(recipe.train.device, ctx.memory_budget_gb, bf16=self.options.bf16)
+        setup = setup_device(
+            recipe.train.device, ctx.memory_budget_gb, bf16=self.options.bf16, half_on_mps=True
+        )
         seed_everything(recipe.train.seed)
         listing = ctx.train_file if ctx.train_file.is_absolute() else ctx.job_dir / ctx.train_file
         items = read_images(listing)
@@ -624,6 +637,10 @@ class _Run:
         if self.opts.cache_latents:
             self._cache_inputs()
 
+    def _vae_dtype(self) -> torch.dtype:
+        force_upcast = bool(getattr(self.parts.vae.config, "force_upcast", True))
+        return vae_encode_dtype(self.setup.weight_dtype, force_upcast)
+
     def _check_sdxl_targets(self) -> None:
         from peft.utils import get_peft_model_state_dict
 
@@ -648,13 +665,13 @@ class _Run:
         modules = [pipe.unet, pipe.vae, *self.parts.text_encoders]
         weight_bytes = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
         unet_params = sum(p.numel() for p in pipe.unet.parameters())
-        compute = 2 if self.setup.autocast_dtype is not None else 4
+        compute = self.setup.autocast_dtype or self.setup.weight_dtype
 
         def estimate(fp: Footprint) -> float:
             return estimate_diffusion_gb(
                 weight_bytes,
                 unet_params,
-                compute,
+                compute.itemsize,
                 self.resolution,
                 fp.batch_size,
                 fp.grad_checkpoint,
@@ -698,12 +715,12 @@ class _Run:
                 cond = Prepared(torch.empty(0), tuple(o), tuple(c))  # type: ignore[arg-type]
                 self.latents[i] = (stored[f"{i}.mean"], stored[f"{i}.std"], cond)
         else:
-            vae.to(device)
+            vae.to(device, self._vae_dtype())
             tensors, meta = {}, {}
             with torch.no_grad():
                 for i, (item, bucket) in enumerate(zip(self.items, self.buckets, strict=True)):
                     prepared = prepare_image(item.path, bucket)
-                    pixels = prepared.pixels[None].to(device, self.setup.weight_dtype)
+                    pixels = prepared.pixels[None].to(device, vae.dtype)
                     dist = vae.encode(pixels).latent_dist
                     mean, std = (x[0].float().cpu() for x in (dist.mean, dist.std))
                     tensors[f"{i}.mean"], tensors[f"{i}.std"] = mean, std
@@ -714,7 +731,7 @@ class _Run:
             save_file(tensors, cache.with_name(cache.name + ".partial"))
             meta_file.write_text(json.dumps(meta))
             cache.with_name(cache.name + ".partial").replace(cache)
-        vae.to("cpu")
+        vae.to("cpu", self.setup.weight_dtype)
         if not self.train_te:
             for encoder in self.parts.text_encoders:
                 encoder.to(device)
@@ -743,7 +760,7 @@ class _Run:
             conds = [self.latents[i][2] for i in idx]
         else:
             prepared = [prepare_image(self.items[i].path, self.buckets[i]) for i in idx]
-            pixels = torch.stack([p.pixels for p in prepared]).to(device, self.setup.weight_dtype)
+            pixels = torch.stack([p.pixels for p in prepared]).to(device, parts.vae.dtype)
             with torch.no_grad():
                 latents = parts.vae.encode(pixels).latent_dist.sample().float()
             conds = prepared
@@ -785,7 +802,7 @@ class _Run:
     def loop(self) -> None:
         parts, device = self.parts, self.setup.device
         if not self.opts.cache_latents or self.train_te:
-            parts.vae.to(device)
+            parts.vae.to(device, self._vae_dtype())
             for encoder in parts.text_encoders:
                 encoder.to(device)
         parts.unet.train()

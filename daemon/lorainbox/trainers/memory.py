@@ -10,10 +10,14 @@ become :class:`OutOfMemory` so the supervisor can retry with a smaller footprint
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec, Recipe
@@ -272,13 +276,52 @@ def _step_down(fp: Footprint, longest: int | None) -> tuple[Footprint, str] | No
     return None
 
 
-def memory_budget_gb(recipe: Recipe, fraction: float) -> float:
-    """``[memory] max_gb``, or ``fraction`` of the machine's physical memory."""
+def memory_budget_gb(
+    recipe: Recipe,
+    fraction: float,
+    *,
+    total_bytes: int | None = None,
+    working_set_bytes: int | None | Literal["probe"] = "probe",
+) -> float:
+    """``[memory] max_gb``, or ``fraction`` of physical memory capped at Metal's recommended
+    working set: past it the GPU's memory is wired at the cost of the person's apps, and
+    mlx-lm itself warns there (``mlx_lm/generate.py``, ``wired_limit``). On a 16 GB Mac the
+    working set (about two thirds) is below 70 % of the memory."""
     if recipe.memory.max_gb is not None:
         return recipe.memory.max_gb
-    import psutil
+    if total_bytes is None:
+        import psutil
 
-    return round(psutil.virtual_memory().total / GB * fraction, 2)
+        total_bytes = psutil.virtual_memory().total
+    if working_set_bytes == "probe":
+        working_set_bytes = metal_working_set_bytes()
+    budget = total_bytes * fraction
+    if working_set_bytes:
+        budget = min(budget, working_set_bytes)
+    return round(budget / GB, 2)
+
+
+@functools.cache
+def metal_working_set_bytes() -> int | None:
+    """Metal's ``recommendedMaxWorkingSetSize`` through MLX; None without an Apple GPU."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        import mlx.core as mx
+
+        if not mx.metal.is_available():
+            return None
+        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+    except Exception:  # no MLX, or Metal not reachable: no cap, the fraction alone
+        return None
+    return working_set_from(info)
+
+
+def working_set_from(info: Mapping[str, object]) -> int | None:
+    """``max_recommended_working_set_size`` from ``mx.device_info()`` (``mx.metal.device_info``
+    in older MLX); a CPU device's info has none."""
+    value = info.get("max_recommended_working_set_size")
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 MIN_CACHE_GB = 0.25

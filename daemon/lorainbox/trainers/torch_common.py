@@ -1,7 +1,9 @@
 """What both PyTorch trainers share: the device and its settings, memory, checkpoints, schedules.
 
-A Mac trains on MPS in float32 (autocast there is slower and less stable than full precision),
-a borrowed NVIDIA card in bfloat16 with SDPA attention, anything else on the CPU in float32.
+A Mac trains on MPS without autocast (slower and less stable there than plain dtypes): the
+frozen weights of an image model in float16, as diffusers' own training scripts keep them, and
+everything else in float32; a borrowed NVIDIA card in bfloat16 with SDPA attention, anything
+else on the CPU in float32.
 Checkpoints are whole folders written under a temporary name and renamed into place, so a
 worker killed mid-write never leaves a checkpoint that looks finished.
 """
@@ -75,7 +77,8 @@ class DeviceSetup:
 
     device: torch.device
     weight_dtype: torch.dtype
-    """Frozen weights: bfloat16 on CUDA cards that have it, float32 elsewhere."""
+    """Frozen weights: bfloat16 on CUDA cards that have it, float16 on MPS where the trainer
+    asks (``half_on_mps``), float32 elsewhere. Trained (LoRA) weights stay float32."""
     autocast_dtype: torch.dtype | None
     grad_checkpoint_default: bool
     """MPS shares memory with everything else on the Mac, so checkpointing is on there."""
@@ -90,8 +93,16 @@ class DeviceSetup:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
-def setup_device(requested: str, budget_gb: float, *, bf16: bool = True) -> DeviceSetup:
-    """Pick the device and apply its process-wide settings (memory fraction, TF32)."""
+def setup_device(
+    requested: str, budget_gb: float, *, bf16: bool = True, half_on_mps: bool = False
+) -> DeviceSetup:
+    """Pick the device and apply its process-wide settings (memory fraction, TF32).
+
+    ``half_on_mps``: frozen weights in float16 on MPS, with no autocast. diffusers' LoRA
+    scripts do this (``examples/dreambooth/train_dreambooth_lora_sdxl.py``: "Disable AMP for
+    MPS", ``weight_dtype`` float16, ``cast_training_params(..., torch.float32)``): all-float32
+    doubles the weights, and SDXL then does not fit a 16-24 GB Mac.
+    """
     device = pick_device(requested)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -101,7 +112,7 @@ def setup_device(requested: str, budget_gb: float, *, bf16: bool = True) -> Devi
         return DeviceSetup(device, dtype, dtype if half else None, False)
     if device.type == "mps":
         set_mps_memory_fraction(budget_gb)
-        return DeviceSetup(device, torch.float32, None, True)
+        return DeviceSetup(device, torch.float16 if half_on_mps else torch.float32, None, True)
     return DeviceSetup(device, torch.float32, None, False)
 
 
@@ -391,17 +402,23 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def load_latest_checkpoint(
-    root: Path, map_location: torch.device | str = "cpu"
-) -> Checkpoint | None:
-    """The newest readable checkpoint; a damaged one is skipped for the one before it."""
+def load_latest_checkpoint(root: Path) -> Checkpoint | None:
+    """The newest readable checkpoint, read onto the CPU; a damaged one is skipped for the one
+    before it.
+
+    On the CPU whatever the run trains on: the RNG states in it must reach
+    ``torch.set_rng_state`` (and ``torch.mps``/``torch.cuda``'s) as CPU ByteTensors, which
+    ``map_location="mps"`` or ``"cuda"`` would turn into device tensors that it refuses; and
+    ``Optimizer.load_state_dict`` moves the optimizer's state onto each parameter's device
+    itself (torch/optim/optimizer.py, ``_process_value_according_to_param_policy``).
+    """
     from safetensors.torch import load_file
 
     for path in reversed(list_checkpoints(root)):
         try:
             meta = json.loads((path / "meta.json").read_text())
             tensors = load_file(path / "adapter.safetensors", device="cpu")
-            state = torch.load(path / "state.pt", map_location=map_location, weights_only=False)
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except Exception as e:  # a damaged checkpoint must not stop the one before it
             log.warning("skipping unreadable checkpoint %s: %s", path, e)
             continue
@@ -445,8 +462,9 @@ def resumable_checkpoint(
     root: Path, device: torch.device, signature: dict[str, Any]
 ) -> Checkpoint | None:
     """The newest checkpoint, if it was saved with this LoRA setup (``signature``); checkpoints
-    of another setup cannot be resumed and are set aside."""
-    ckpt = load_latest_checkpoint(root, map_location=device)
+    of another setup cannot be resumed and are set aside. It is read on the CPU whatever
+    ``device`` the run trains on (see :func:`load_latest_checkpoint`)."""
+    ckpt = load_latest_checkpoint(root)
     if ckpt is None:
         return None
     if ckpt.meta.get("signature") != signature:

@@ -88,13 +88,21 @@ def run(
     once: Annotated[
         bool, typer.Option("--once", help="Process the drops present, run their jobs, exit.")
     ] = False,
+    log_file_only: Annotated[
+        bool,
+        typer.Option(
+            "--log-file-only",
+            help="Log to the rotated log file only (the LaunchAgent: its stderr file is not "
+            "rotated and would hold every line twice).",
+        ),
+    ] = False,
 ) -> None:
     """Run the daemon in the foreground (launchd or systemd runs this)."""
     from lorainbox.pipeline.service import AlreadyRunning, Daemon
 
     settings = _settings(inbox, config)
     _checked_inbox(settings)
-    setup_logging(settings.log_dir, console=True)
+    setup_logging(settings.log_dir, console=not log_file_only)
     daemon = Daemon(settings, once=once)
     try:
         code = daemon.run()
@@ -575,23 +583,35 @@ def chat(
 
 
 @agent_app.command("install")
-def agent_install(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
+def agent_install(
+    inbox: InboxOpt = None,
+    config: ConfigOpt = None,
+    menubar: Annotated[
+        bool, typer.Option("--menubar", help="Start the menu-bar app at login too (macOS).")
+    ] = False,
+) -> None:
     """Start the daemon at login (LaunchAgent on macOS, systemd user unit on Linux)."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
+    from lorainbox.platform.notifier import post_test
 
     settings = _settings(inbox, config)
     try:
-        report = launchd.install(settings=settings)
+        report = launchd.install(settings=settings, menubar=menubar)
     except launchd.AgentError as e:
         raise _fail(str(e)) from None
     console.print(report.message, markup=False)
+    for warning in report.warnings:
+        console.print(f"Warning: {warning}", markup=False)
+    if report.ok:
+        _, help_text = post_test()
+        console.print(f"Posted a test notification; {help_text}.", markup=False)
     raise typer.Exit(0 if report.ok else 1)
 
 
 @agent_app.command("uninstall")
 def agent_uninstall() -> None:
     """Stop the daemon and remove it from login."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
 
     console.print(launchd.uninstall().message, markup=False)
 
@@ -599,7 +619,7 @@ def agent_uninstall() -> None:
 @agent_app.command("status")
 def agent_status() -> None:
     """Whether the agent is installed and running."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
 
     console.print(launchd.status().message, markup=False)
 
@@ -607,7 +627,7 @@ def agent_status() -> None:
 @agent_app.command("plist")
 def agent_plist(inbox: InboxOpt = None, config: ConfigOpt = None) -> None:
     """Print the LaunchAgent plist (or the systemd unit on Linux) that install would write."""
-    from daemon import launchd
+    from lorainbox.platform import agent as launchd
 
     settings = _settings(inbox, config)
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -90,10 +92,70 @@ def _sensors(settings: Settings) -> Check:
 
 
 def _notifier() -> Check:
-    for tool in ("terminal-notifier", "osascript", "notify-send"):
-        if shutil.which(tool):
-            return (True, f"through {tool}")
-    return (None, "no notifier found: results are announced in the log only")
+    """Posts a test notification: a notifier that exits 0 may still show nothing."""
+    from lorainbox.platform.notifier import Notifier, post_test
+
+    notifier = Notifier()
+    tool = notifier.tool()
+    posted, help_text = post_test(notifier)
+    if tool is None:
+        return (None, help_text)
+    return (None if posted else False, f"posted a test notification through {tool}; {help_text}")
+
+
+def _sleep(settings: Settings) -> Check:
+    """The Mac's sleep timer against the shortest ``idle_minutes`` of the idle recipes."""
+    from lorainbox.platform.sensors.base import run_text
+    from lorainbox.platform.sensors.macos import PMSET_SETTINGS, parse_pmset_sleep, sleep_advice
+
+    text = run_text(PMSET_SETTINGS)
+    timer = parse_pmset_sleep(text) if text is not None else None
+    if timer is None:
+        return (None, "could not read the sleep timer from `pmset -g`")
+    idle = _shortest_idle_minutes(settings)
+    if idle is None:
+        return (True, f"system sleep after {timer.minutes} min; no recipe waits for idle")
+    return sleep_advice(timer, idle)
+
+
+def _shortest_idle_minutes(settings: Settings) -> float | None:
+    from lorainbox.drop.recipe import available_recipes, find_recipe, load_recipe
+    from lorainbox.drop.recipe import recipe_search_dirs as dirs
+
+    search = dirs(settings.inbox)
+    found = []
+    for name in available_recipes(search):
+        path = find_recipe(name, search)
+        try:
+            recipe = (
+                load_recipe(path, search_dirs=search, defaults={"name": name}) if path else None
+            )
+            schedule = recipe.schedule if recipe else None
+        except Exception:  # a broken recipe is its job's error, not the doctor's
+            continue
+        if schedule is not None and schedule.when == "idle":
+            found.append(schedule.idle_minutes)
+    return min(found, default=None)
+
+
+def _privacy(settings: Settings) -> Check:
+    from lorainbox.platform.privacy import places_to_check, privacy_warnings
+
+    places = places_to_check(settings.inbox, Path(sys.prefix), os.environ)
+    warnings = privacy_warnings(
+        places, home=Path.home(), python=Path(sys.executable), platform=sys.platform
+    )
+    if warnings:
+        return (False, " ".join(warnings))
+    return (True, "the inbox and this Python environment are outside macOS's protected folders")
+
+
+def _build_tools() -> Check:
+    from lorainbox.platform.macos_env import XCODE_SELECT, build_tools_check
+    from lorainbox.platform.sensors.base import run_text
+
+    installed = importlib.util.find_spec("llama_cpp") is not None
+    return build_tools_check(run_text(XCODE_SELECT), shutil.which("cmake"), installed)
 
 
 def _daemon(settings: Settings) -> Check:
@@ -115,8 +177,12 @@ def _folders(settings: Settings) -> Check:
 
 
 def _python() -> Check:
-    where = f"{platform.python_version()} on {platform.system()} {platform.machine()}"
-    return (sys.version_info >= (3, 10), where)
+    from lorainbox.platform.macos_env import ROSETTA, parse_proc_translated, python_check
+    from lorainbox.platform.sensors.base import run_text
+
+    translated = parse_proc_translated(run_text(ROSETTA)) if sys.platform == "darwin" else None
+    machine = f"{platform.system()} {platform.machine()}"
+    return python_check(sys.version_info[:2], machine, translated)
 
 
 def run_checks(settings: Settings, console: Console) -> bool:
@@ -138,6 +204,12 @@ def run_checks(settings: Settings, console: Console) -> bool:
         ("Daemon", lambda: _daemon(settings)),
         ("Folders", lambda: _folders(settings)),
     ]
+    if sys.platform == "darwin":
+        checks += [
+            ("Sleep", lambda: _sleep(settings)),
+            ("Privacy", lambda: _privacy(settings)),
+            ("Build tools", _build_tools),
+        ]
     table = Table(title="lorainbox doctor")
     table.add_column("")
     table.add_column("what")

@@ -3,12 +3,20 @@
 It never trains and never opens the job store: it reads the running daemon's status API and
 posts actions there with the token from ``state_dir/token``, so it can't disagree with the
 daemon. What to show is decided in ``menu_model``; this module only draws it and does the I/O.
+
+The HTTP calls run off the main thread (:class:`~lorainbox.ui.latest.Latest`), so a busy or
+absent daemon never freezes the menu. rumps' timer runs in the default run-loop mode only,
+which stops while a menu is open; it is added to the common modes so an open menu refreshes.
+Notifications go through :class:`~lorainbox.platform.notifier.Notifier`: rumps' own need an
+Info.plist with a CFBundleIdentifier beside the Python binary, which a venv's Python lacks.
+`lorainbox agent install --menubar` starts it at login.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import webbrowser
 from pathlib import Path
 from typing import Any
@@ -17,10 +25,13 @@ import httpx
 
 from lorainbox.core.config import Settings, load_settings
 from lorainbox.core.layout import APP_NAME
+from lorainbox.platform.notifier import Notifier
+from lorainbox.ui.latest import Latest
 from lorainbox.ui.menu_model import Item, Menu, build_menu
 from lorainbox.ui.status_server import LOOPBACK, page_url, read_token
 
 REFRESH_SECONDS = 2.0
+DRAW_SECONDS = 0.5
 NOT_MAC = (
     "lorainbox menubar is a macOS menu-bar app; on this machine `lorainbox status --web` "
     "opens the same view in a browser."
@@ -90,16 +101,25 @@ def main() -> int:
 def _app(rumps: Any, settings: Settings) -> Any:
     """A rumps.App subclass, built here because rumps is only importable on a Mac."""
     client = StatusClient(settings.status_port, settings.state_dir)
+    jobs = Latest(client.jobs, REFRESH_SECONDS)
+    notifier = Notifier()
 
     class MenuBarApp(rumps.App):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__(APP_NAME, quit_button=None)
             self.shown: Menu | None = None
-            self.timer = rumps.Timer(self.refresh, REFRESH_SECONDS)
+            self.drawn_version = -1
+            jobs.start()
+            self.timer = rumps.Timer(self.refresh, DRAW_SECONDS)
             self.timer.start()
+            _fire_while_menus_are_open(self.timer)
 
         def refresh(self, _sender: object = None) -> None:
-            menu = build_menu(client.jobs())
+            """Redraw from the newest fetch; never waits for the daemon."""
+            if jobs.version == self.drawn_version:
+                return
+            self.drawn_version = jobs.version
+            menu = build_menu(jobs.value)
             if menu == self.shown:
                 return
             self.shown = menu
@@ -119,15 +139,30 @@ def _app(rumps: Any, settings: Settings) -> Any:
 
         def _do(self, item: Item) -> None:
             if item.action == "quit":
+                jobs.stop()
                 rumps.quit_application()
             elif item.action == "open_inbox":
                 subprocess.run(["open", str(settings.inbox)], check=False)
             elif item.action == "open_page":
                 webbrowser.open(client.page())
             elif item.action and item.job_id is not None:
-                why = client.act(item.job_id, item.action)
-                if why:
-                    rumps.notification(APP_NAME, f"Could not {item.action}", why)
-                self.refresh()
+                threading.Thread(target=self._act, args=(item,), daemon=True).start()
+
+        def _act(self, item: Item) -> None:
+            assert item.action is not None and item.job_id is not None
+            why = client.act(item.job_id, item.action)
+            if why:
+                notifier.notify(APP_NAME, f"Could not {item.action}: {why}", kind="failed")
+            jobs.refresh_now()
 
     return MenuBarApp()
+
+
+def _fire_while_menus_are_open(timer: Any) -> None:
+    """rumps adds its NSTimer to NSDefaultRunLoopMode; an open menu runs the loop in the
+    event-tracking mode, so the timer is added to the common modes as well."""
+    from Foundation import NSRunLoop, NSRunLoopCommonModes
+
+    nstimer = getattr(timer, "_nstimer", None)
+    if nstimer is not None:
+        NSRunLoop.currentRunLoop().addTimer_forMode_(nstimer, NSRunLoopCommonModes)

@@ -1,4 +1,5 @@
-"""macOS sensors: Apple's own command-line tools, parsed from the text they print.
+"""macOS sensors: Apple's own command-line tools, parsed from the text they print, and the
+thermal state from Foundation (:mod:`thermal`).
 
 The parsers are pure functions of that text so they can be tested on real captures
 (``tests/data/macos/``) on any platform. The class only runs the commands.
@@ -6,10 +7,13 @@ The parsers are pure functions of that text so they can be tested on real captur
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
+
+import psutil
 
 from lorainbox.platform.sensors.base import (
     THERMAL_LEVELS,
@@ -21,6 +25,11 @@ from lorainbox.platform.sensors.base import (
     now_utc,
     run_text,
 )
+from lorainbox.platform.sensors.thermal import (
+    ThermalReader,
+    read_process_info_thermal_state,
+    thermal_from_process_info,
+)
 
 IOREG_IDLE = ("/usr/sbin/ioreg", "-r", "-c", "IOHIDSystem", "-d", "1")
 PMSET_BATT = ("/usr/bin/pmset", "-g", "batt")
@@ -29,6 +38,7 @@ PMSET_THERM = ("/usr/bin/pmset", "-g", "therm")
 PMSET_SETTINGS = ("/usr/bin/pmset", "-g")
 SYSCTL_PRESSURE = ("/usr/sbin/sysctl", "-n", "kern.memorystatus_vm_pressure_level")
 MEMORY_PRESSURE = ("/usr/bin/memory_pressure", "-Q")
+SYSCTL_MEMORY = ("/usr/sbin/sysctl", "kern.memorystatus_level", "hw.memsize")
 
 PowerSourceName = Literal["ac", "battery", "ups"]
 
@@ -151,6 +161,55 @@ def parse_pmset_low_power(text: str) -> bool | None:
     return "1" in values
 
 
+@dataclass(frozen=True)
+class SleepTimer:
+    """The system sleep timer from ``pmset -g``: what decides whether a Mac left alone sleeps."""
+
+    minutes: int
+    """Idle minutes before system sleep; 0 is never (pmset(1))."""
+    disabled: bool
+    """``SleepDisabled 1`` (``pmset disablesleep 1``): the Mac never sleeps by itself."""
+    prevented_by: tuple[str, ...]
+    """Who holds an assertion against sleep right now ("sleep prevented by sharingd")."""
+
+
+_SLEEP = re.compile(r"^[ \t]*sleep[ \t]+(\d+)(?:[ \t]*\(sleep prevented by ([^)]*)\))?", re.M)
+_SLEEP_DISABLED = re.compile(r"^[ \t]*SleepDisabled[ \t]+(\d+)", re.M)
+
+
+def parse_pmset_sleep(text: str) -> SleepTimer | None:
+    """The ``sleep`` line of ``pmset -g`` (settings in use for the present power source)."""
+    m = _SLEEP.search(text)
+    if m is None:
+        return None
+    disabled = _SLEEP_DISABLED.search(text)
+    holders = tuple(dict.fromkeys(h.strip() for h in (m.group(2) or "").split(",") if h.strip()))
+    return SleepTimer(int(m.group(1)), bool(disabled and disabled.group(1) == "1"), holders)
+
+
+def sleep_advice(timer: SleepTimer, idle_minutes: float) -> tuple[bool | None, str]:
+    """Whether idle sleep can come before a recipe's ``idle_minutes``, and what to change.
+
+    (True: it can't; None: it can, but the daemon holds it off on AC power while a job
+    waits for idle, which is all it needs; the text says how to make sure anyway.)
+    """
+    if timer.disabled or timer.minutes == 0:
+        return True, "system sleep is off"
+    if timer.minutes > idle_minutes:
+        return True, (
+            f"system sleep after {timer.minutes} min idle, later than the {idle_minutes:g} min "
+            "a job waits for"
+        )
+    return None, (
+        f"system sleep after {timer.minutes} min idle comes before the {idle_minutes:g} min "
+        "idle a job waits for; the daemon holds it off with `caffeinate -i` while a job waits "
+        "for idle on AC power. If the Mac still sleeps (the daemon not running, another power "
+        'setting), turn on System Settings > Battery > Options > "Prevent automatic sleeping '
+        'on power adapter when the display is off" (Energy Saver on a desktop), or run '
+        f"`sudo pmset -c sleep {math.ceil(idle_minutes) + 5}`"
+    )
+
+
 _PRESSURE_LEVELS: dict[int, MemoryPressure] = {1: "normal", 2: "warn", 4: "critical"}
 
 
@@ -160,6 +219,19 @@ def parse_vm_pressure_level(text: str) -> MemoryPressure | None:
         r"\s*(\d+)\s*", text
     )
     return _PRESSURE_LEVELS.get(int(m.group(1))) if m else None
+
+
+def parse_memorystatus_level(text: str) -> int | None:
+    """``kern.memorystatus_level``: the share of memory (0-100) the kernel counts as
+    available, free pages and what it can drop or compress, as Activity Monitor's memory
+    pressure graph does (psutil's ``available`` leaves out compressible memory)."""
+    m = re.search(r"kern\.memorystatus_level\s*[:=]\s*(\d+)", text)
+    return min(int(m.group(1)), 100) if m else None
+
+
+def parse_memsize(text: str) -> int | None:
+    m = re.search(r"hw\.memsize\s*[:=]\s*(\d+)", text)
+    return int(m.group(1)) if m else None
 
 
 def parse_memory_free_percent(text: str) -> float | None:
@@ -181,10 +253,16 @@ T = TypeVar("T")
 
 
 class MacSensors:
-    """Reads the Mac through ``ioreg``, ``pmset``, ``sysctl`` and psutil; each failure is unknown."""
+    """Reads the Mac through ``ioreg``, ``pmset``, ``sysctl`` and the Objective-C runtime;
+    each failure is unknown."""
 
-    def __init__(self, run: CommandRunner = run_text) -> None:
+    def __init__(
+        self,
+        run: CommandRunner = run_text,
+        thermal_state: ThermalReader = read_process_info_thermal_state,
+    ) -> None:
         self._run = run
+        self._thermal_state = thermal_state
 
     def read(self) -> Readings:
         power = self._parse(PMSET_BATT, parse_pmset_batt) or UNKNOWN_POWER
@@ -196,11 +274,33 @@ class MacSensors:
             battery_percent=power.battery_percent,
             has_battery=power.has_battery,
             low_power_mode=self._parse(PMSET_SETTINGS, parse_pmset_low_power),
-            thermal=self._parse(PMSET_THERM, parse_pmset_therm),
-            memory_available_gb=memory_available_gb(),
+            thermal=self._thermal(),
+            memory_available_gb=self._memory_available_gb(),
             memory_pressure=self._memory_pressure(),
             taken_at=now_utc(),
         )
+
+    def _thermal(self) -> Thermal | None:
+        """The worse of ``thermalState`` and ``pmset -g therm``; pmset alone says nothing on
+        Apple Silicon, and ``thermalState`` needs Foundation, which is always there on a Mac."""
+        found = [
+            t
+            for t in (
+                thermal_from_process_info(self._thermal_state()),
+                self._parse(PMSET_THERM, parse_pmset_therm),
+            )
+            if t is not None
+        ]
+        return max(found, key=THERMAL_LEVELS.index) if found else None
+
+    def _memory_available_gb(self) -> float | None:
+        """``kern.memorystatus_level`` of the memory; psutil's figure when it can't be read."""
+        text = self._run(SYSCTL_MEMORY)
+        level = parse_memorystatus_level(text) if text is not None else None
+        if level is None:
+            return memory_available_gb()
+        total = parse_memsize(text or "") or psutil.virtual_memory().total
+        return level / 100 * total / 1e9
 
     def _memory_pressure(self) -> MemoryPressure | None:
         level = self._parse(SYSCTL_PRESSURE, parse_vm_pressure_level)
