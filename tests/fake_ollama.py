@@ -398,6 +398,10 @@ class FakeOllama:
     def models(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted((self.dir / "manifests").glob("*.json"))]
 
+    def names(self) -> set[str]:
+        """The models held, as /api/tags names them."""
+        return {m["name"] for m in self.models()}
+
     def save(self, parts: dict[str, str], manifest: dict[str, Any]) -> None:
         path = self.manifest_path(parts)
         tmp = path.with_suffix(".tmp")
