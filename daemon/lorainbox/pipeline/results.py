@@ -19,6 +19,7 @@ from lorainbox.core.humanize import loss_text
 from lorainbox.core.layout import GGUF, LOSS_PNG, METRICS_FILE, MODELFILE, REPORT, WORK_DIR
 from lorainbox.drop.recipe import Recipe
 from lorainbox.pipeline.jobs import Job, JobStore
+from lorainbox.trainers.samples import quote_answer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -155,6 +156,7 @@ def report_text(job: Job, recipe: Recipe, store: JobStore) -> str:
     lines += _memory_section(job)
     lines += _stage_times(store.history(job.id))
     lines += _loss_section(job_dir)
+    lines += smoke_section(job.result.get("smoke_chat"), job.model)
     extra = job_dir / WORK_DIR / "report-extra.md"
     if extra.exists():
         lines.append(extra.read_text())
@@ -208,6 +210,23 @@ def trained_text(result: dict[str, Any]) -> str:
 
 def job_dir_name(job: Job) -> str:
     return str(job.folder)
+
+
+def smoke_section(smoke: dict[str, Any] | None, model: str | None) -> list[str]:
+    """What the registered model answered in Ollama to one of the drop's questions."""
+    if not smoke:
+        return []
+    out = ["## First chat in Ollama\n"]
+    if "skipped" in smoke:
+        return [*out, f"Not asked: {smoke['skipped']}.", ""]
+    return [
+        *out,
+        f"Asked of `{model}` through Ollama once it was registered:\n",
+        f"**Q:** {smoke['question']}\n",
+        f"- expected: {quote_answer(smoke['expected'])}",
+        f"- answer: {quote_answer(smoke['answer'])}",
+        "",
+    ]
 
 
 STAT_LABELS = {
