@@ -452,9 +452,12 @@ def register_model(
 ) -> RegisterResult:
     """Upload a GGUF once, create ``NAME:<stamp>`` and ``NAME:latest`` from it, and check both.
 
-    Earlier versions stay in Ollama under their own time tags. Quantization is asked for only
-    when the GGUF is F16/BF16/F32 (Ollama refuses to re-quantize). Stop tokens come from the
-    GGUF unless ``parameters`` sets ``stop``. ``on_status`` hears upload progress and then
+    Earlier versions stay in Ollama under their own time tags. The server's version is read
+    first: one without files-based create (< 0.5.5) is OllamaTooOld, and quantization is asked
+    only where that version can do it (an already quantized GGUF is kept as it is; F32, and
+    BF16 before 0.22.0, are InvalidOllamaSetting). Without ``system``, the chat template's
+    default system prompt is sent, the one training used. Stop tokens come from the GGUF
+    unless ``parameters`` sets ``stop``. ``on_status`` hears upload progress and then
     Ollama's own status lines. A caller retrying after ``OllamaUnavailable`` should pass the
     same ``stamp`` so the retry makes the same version tag.
     """

@@ -123,15 +123,18 @@ def write_modelfile(job_dir: Path, recipe: Recipe) -> Path | None:
     if not gguf.exists():
         return None
     from lorainbox.export.gguf import inspect_gguf, modelfile_text, stop_tokens
-    from lorainbox.export.templates import ollama_template
+    from lorainbox.export.templates import default_system_prompt, ollama_template
 
     info = inspect_gguf(gguf)
     params = dict(recipe.ollama.parameters)
     if "stop" not in params and (stops := stop_tokens(info)):
         params["stop"] = stops
     template = recipe.ollama.template or ollama_template(info.chat_template)
+    system = recipe.ollama.system
+    if system is None:  # as registering sends it: the prompt training used
+        system = default_system_prompt(info.chat_template)
     out = job_dir / MODELFILE
-    out.write_text(modelfile_text(gguf.name, recipe.ollama.system, params, template))
+    out.write_text(modelfile_text(gguf.name, system, params, template))
     return out
 
 
