@@ -9,7 +9,10 @@ Behaviours matched, with where Ollama defines them (github.com/ollama/ollama):
 
 - Routes and methods: ``server/routes.go`` (``GenerateRoutes``): GET/HEAD /api/version,
   HEAD and POST /api/blobs/:digest, POST /api/create, GET /api/tags, POST /api/show,
-  DELETE /api/delete, POST /api/chat.
+  DELETE /api/delete, POST /api/chat, POST /api/generate (load and unload only), GET /api/ps.
+- Version: ``{"version": ...}`` as ``version.Version`` (0.32.15 unless told another); rules that
+  changed between releases follow the version played (BF16 quantizing from v0.22.0, the status
+  inside in-stream errors before v0.12.6).
 - Blobs (``HeadBlobHandler``, ``CreateBlobHandler`` in server/routes.go; ``BlobsPath`` in
   manifest/paths.go): digests must match ``^sha256[:-][0-9a-fA-F]{64}$`` else 400
   ``invalid digest format``; HEAD answers 200 or 404; POST of a blob that exists answers 200
@@ -17,13 +20,19 @@ Behaviours matched, with where Ollama defines them (github.com/ollama/ollama):
   400 ``digest mismatch, expected "...", got "..."``; success is 201.
 - Create (``CreateHandler``, ``ggufLayers``, ``createModel``, ``setTemplate``,
   ``setParameters`` in server/create.go; ``detectChatTemplate`` in server/model.go): invalid
-  name -> 400 ``invalid model name``; neither ``from`` nor ``files`` -> 400
+  name (types/model/name.go ``isValidPart``/``isValidLen``: parts of at most 80 bytes, no
+  spaces or ``!``) -> 400 ``invalid model name``; neither ``from`` nor ``files`` -> 400
   ``neither 'from' or 'files' was specified``; ``from`` copies the source model's layers;
   ``files`` streams ``parsing GGUF``, then in-stream errors (HTTP 200, ``{"error": ...}`` line,
-  as ``streamResponse`` does once a line was written) for a missing blob, a non-GGUF file
+  as ``streamResponse`` does once a line was written; a real status before any line, and with
+  ``"stream": false`` as ``waitForStream`` answers) for a missing blob, a non-GGUF file
   (``supplied file was not in GGUF format``) or a damaged one; quantize is upper-cased, checked
-  like ``ggml.ParseFileType`` (fs/ggml/type.go) and refused for already quantized files
-  (``quantization is only supported for F16, BF16 and F32 models``); a ChatML chat template is
+  like ``ggml.ParseFileType`` (fs/ggml/type.go) and refused for already quantized files and for
+  F32 ones, whose ``general.file_type`` 0 ``KV.FileType`` (fs/ggml/ggml.go) reads as "unknown"
+  (``quantization is only supported for F16, BF16 and F32 models``); a TEMPLATE is parsed
+  (``setTemplate``; template/template.go ``Parse``) and unclosed actions, a missing or stray
+  ``{{ end }}`` and unknown functions refused with Go's words; parameters are stored unchecked
+  (``setParameters``); a ChatML chat template is
   auto-detected as Ollama would (``using autodetected template chatml``, with its stop
   parameters); status lines end with ``writing manifest`` and ``success``.
 - Tags/show/delete (``ListHandler``, ``ShowHandler``/``GetModelInfo``, ``DeleteHandler``;
@@ -35,12 +44,18 @@ Behaviours matched, with where Ollama defines them (github.com/ollama/ollama):
   ``model 'NAME' not found``; deleting removes blobs no model uses any more.
 - Chat (``ChatHandler``; api/types.go ``ChatResponse``): streams ``message.content`` pieces
   then a ``done`` line (or one object with ``"stream": false``); the model's SYSTEM is
-  prepended when the request has no system message; model parameters, then request options.
+  prepended when the request has no system message; model parameters, then request options,
+  each typed by ``Options.FromMap`` (api/types.go) when the model loads, a wrong type being
+  HTTP 500 ``option "stop" must be of type array`` (routes.go ``scheduleRunner``,
+  ``handleScheduleError``); unknown models -> 404 ``model 'NAME' not found``.
+- Memory (``PsHandler``; ``GenerateHandler``/``ChatHandler`` with ``keep_alive: 0`` and no
+  prompt, sched.go ``expireRunner``): a chat loads its model, /api/ps lists what is loaded, an
+  empty generate or chat with ``keep_alive: 0`` unloads it (``done_reason: "unload"``).
 
 Not matched: the fake cannot quantize (no llama-quantize here): it records the requested level,
 reports it in /api/tags and /api/show, and keeps serving the original file. It does not run
-Go templates: chat is rendered with the GGUF's own Jinja chat template by llama-cpp-python, and
-a sent TEMPLATE is only checked for balanced ``{{ }}``. Template detection knows ChatML only.
+Go templates: chat is rendered with the GGUF's own Jinja chat template by llama-cpp-python, so a
+TEMPLATE is only parsed, never executed (an unknown field fails no chat here). Template detection knows ChatML only.
 ``from`` a model that is not here fails as a pull from a registry it cannot reach would.
 Only GGUF ``files`` are taken (Ollama also converts safetensors folders; here that is
 ``unknown type``), and adapters, messages, license, renderers and /api/generate are left out.
@@ -76,7 +91,69 @@ CHATML_GO = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
     "{{ end }}<|im_start|>assistant\n"
 )
-FAKE_VERSION = "0.13.0-fake"
+FAKE_VERSION = "0.32.15-fake"
+"""The release whose rules the fake follows; ``FakeOllama(version=...)`` plays an older one."""
+FROM_MAP_TYPES = {
+    **dict.fromkeys(
+        [
+            "num_keep",
+            "seed",
+            "num_predict",
+            "top_k",
+            "repeat_last_n",
+            "num_ctx",
+            "num_batch",
+            "num_gpu",
+            "main_gpu",
+            "num_thread",
+            "draft_num_predict",
+        ],
+        "integer",
+    ),
+    **dict.fromkeys(
+        [
+            "top_p",
+            "min_p",
+            "typical_p",
+            "temperature",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+        ],
+        "float32",
+    ),
+    "use_mmap": "boolean",
+    "stop": "array",
+}
+"""api/types.go Options and Runner fields, by the type Options.FromMap demands."""
+GO_FUNCS = set(
+    [
+        "and",
+        "call",
+        "html",
+        "index",
+        "slice",
+        "js",
+        "len",
+        "not",
+        "or",
+        "print",
+        "printf",
+        "println",
+        "urlquery",
+        "eq",
+        "ge",
+        "gt",
+        "le",
+        "lt",
+        "ne",
+        "json",
+        "currentDate",
+        "yesterdayDate",
+        "toTypeScriptType",
+    ]
+)
+"""text/template's built-ins plus the funcs template/template.go adds."""
 READ_CHUNK = 1 << 20
 
 
@@ -109,6 +186,71 @@ def parse_name(name: str) -> dict[str, str] | None:
     if not all(NAME_PART[k].match(v) for k, v in parts.items()):
         return None
     return parts
+
+
+def go_template_error(text: str) -> str | None:
+    """The parse error Go's text/template gives (template/template.go Parse), for the four
+    mistakes people make: unclosed action, unexpected EOF, stray {{end}}, unknown function."""
+    opened: list[str] = []
+    pos = 0
+    while (start := text.find("{{", pos)) >= 0:
+        line = text.count("\n", 0, start) + 1
+        end = text.find("}}", start)
+        if end < 0:
+            return f":{line}: unclosed action"
+        action = re.sub(r'"(\\.|[^"\\])*"|`[^`]*`', '""', text[start + 2 : end]).strip("- ")
+        pos = end + 2
+        if action.startswith("/*"):
+            continue
+        words = re.findall(r"(?<![.$\w])[A-Za-z_]\w*", action)
+        keyword = words[0] if words and action.startswith(words[0]) else ""
+        if keyword in ("if", "range", "with", "define", "block"):
+            opened.append(keyword)
+        elif keyword == "end":
+            if not opened:
+                return f":{line}: unexpected {{{{end}}}}"
+            opened.pop()
+        keywords = {
+            "if",
+            "else",
+            "end",
+            "range",
+            "with",
+            "define",
+            "template",
+            "block",
+            "break",
+            "continue",
+            "nil",
+            "true",
+            "false",
+        }
+        for word in words:
+            if word not in keywords and word not in GO_FUNCS:
+                return f':{line}: function "{word}" not defined'
+    if opened:
+        return f":{text.count(chr(10)) + 1}: unexpected EOF"
+    return None
+
+
+def from_map_error(options: dict[str, Any]) -> str | None:
+    """api/types.go Options.FromMap: unknown keys are only logged; a value of the wrong JSON
+    type is an error, in these words."""
+    for key, value in options.items():
+        kind = FROM_MAP_TYPES.get(key)
+        if kind is None or value is None:
+            continue
+        if kind == "array":
+            if not isinstance(value, list):
+                return 'option "stop" must be of type array'
+            if not all(isinstance(v, str) for v in value):
+                return 'option "stop" must be of an array of strings'
+        elif kind == "boolean":
+            if not isinstance(value, bool):
+                return f'option "{key}" must be of type boolean'
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f'option "{key}" must be of type {kind}'
+    return None
 
 
 def shortest(parts: dict[str, str]) -> str:
@@ -154,8 +296,11 @@ def read_gguf(path: Path) -> dict[str, Any]:
         kv[key] = value
     if "general.architecture" not in kv:
         raise FakeError(500, "architecture not set")
-    ftype_id = kv.get("general.file_type", 0)
-    ftype = re.sub(r"^(MOSTLY|ALL)_", "", gguf.LlamaFileType(ftype_id).name)
+    # fs/ggml/ggml.go KV.FileType: 0 (an F32 GGUF) or no key at all reads as "unknown".
+    ftype_id = int(kv.get("general.file_type") or 0)
+    ftype = (
+        re.sub(r"^(MOSTLY|ALL)_", "", gguf.LlamaFileType(ftype_id).name) if ftype_id else "unknown"
+    )
     params = sum(int(t.n_elements) for t in reader.tensors)
     return {"kv": kv, "file_type": ftype, "parameter_count": params}
 
@@ -163,8 +308,17 @@ def read_gguf(path: Path) -> dict[str, Any]:
 class FakeOllama:
     """The fake server; see the module docstring for what it follows."""
 
-    def __init__(self, models_dir: Path, port: int = 0, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        models_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        version: str = FAKE_VERSION,
+    ):
         self.dir = Path(models_dir)
+        self.version = version
+        self.loaded: dict[str, str] = {}
+        """Models "in memory" (name -> expires_at), as /api/ps lists them."""
         (self.dir / "blobs").mkdir(parents=True, exist_ok=True)
         (self.dir / "manifests").mkdir(parents=True, exist_ok=True)
         self.host, self.port = host, port
@@ -181,6 +335,10 @@ class FakeOllama:
         self._lock = threading.RLock()
         self._llama_lock = threading.Lock()
         self._llamas: dict[str, Any] = {}
+
+    def at_least(self, *version: int) -> bool:
+        m = re.match(r"(\d+)\.(\d+)\.(\d+)", self.version)
+        return m is None or tuple(map(int, m.groups())) >= version
 
     @property
     def url(self) -> str:
@@ -240,6 +398,10 @@ class FakeOllama:
     def models(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted((self.dir / "manifests").glob("*.json"))]
 
+    def names(self) -> set[str]:
+        """The models held, as /api/tags names them."""
+        return {m["name"] for m in self.models()}
+
     def save(self, parts: dict[str, str], manifest: dict[str, Any]) -> None:
         path = self.manifest_path(parts)
         tmp = path.with_suffix(".tmp")
@@ -259,6 +421,10 @@ class FakeOllama:
 class _Handler(BaseHTTPRequestHandler):
     server_state: FakeOllama
     protocol_version = "HTTP/1.1"
+    streaming = False
+    quiet = False
+    """``stream: false``: lines are kept, not sent (server/routes.go waitForStream)."""
+    last_line: dict[str, Any] | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -288,6 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("DELETE")
 
     def _route(self, method: str) -> None:
+        self.streaming, self.quiet, self.last_line = False, False, None  # one per request
         path = self.path.split("?", 1)[0]
         routes = {
             ("GET", "/api/version"): self.version,
@@ -298,6 +465,8 @@ class _Handler(BaseHTTPRequestHandler):
             ("DELETE", "/api/delete"): self.delete,
             ("POST", "/api/create"): self.create,
             ("POST", "/api/chat"): self.chat,
+            ("POST", "/api/generate"): self.generate,
+            ("GET", "/api/ps"): self.ps,
             ("GET", "/_fake/stats"): self.fake_stats,
         }
         try:
@@ -376,12 +545,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def start_stream(self) -> None:
+        self.streaming = True
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
     def send_line(self, obj: Any) -> None:
+        """One NDJSON line; the 200 stream starts with the first (server/routes.go
+        streamResponse writes headers only once a line exists)."""
+        if not self.streaming:
+            self.start_stream()
         data = json.dumps(obj).encode() + b"\n"
         self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
@@ -393,7 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- endpoints -------------------------------------------------------------------------
 
     def version(self) -> None:
-        self.send_json(200, {"version": FAKE_VERSION})
+        self.send_json(200, {"version": self.server_state.version})
 
     def fake_stats(self) -> None:
         self.send_json(200, self.server_state.stats)
@@ -445,21 +619,38 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("from") and body.get("files") is None:
             raise FakeError(400, "neither 'from' or 'files' was specified")
         state.stats["creates"] += 1
-        self.start_stream()
+        self.quiet = body.get("stream") is False
         try:
             manifest = self._build(body, parts)
             state.save(parts, manifest)
-            self.send_line({"status": "success"})
+            self.emit({"status": "success"})
         except FakeError as e:
-            self.send_line({"error": e.message})
-        self.end_stream()
+            # Once a line went out the error is a line of the 200 stream; before, and with
+            # stream false, a real status (routes.go streamResponse / waitForStream).
+            if not self.streaming:
+                raise
+            line = {"error": e.message}
+            if not state.at_least(0, 12, 6):  # older servers put the status in the line
+                line["status"] = e.status
+            self.send_line(line)
+        if self.streaming:
+            self.end_stream()
+        else:
+            self.send_json(200, self.last_line)
+
+    def emit(self, line: dict[str, Any]) -> None:
+        """A progress line: streamed, or with ``stream: false`` only the last one kept."""
+        if self.quiet:
+            self.last_line = line
+        else:
+            self.send_line(line)
 
     def _build(self, body: dict[str, Any], parts: dict[str, str]) -> dict[str, Any]:
         state = self.server_state
         if body.get("from"):
             source = state.load(body["from"])
             if source is None:
-                self.send_line({"status": "pulling manifest"})
+                self.emit({"status": "pulling manifest"})
                 raise FakeError(500, "pull model manifest: file does not exist")
             manifest = dict(source, parent=body["from"])
             manifest["params"] = dict(source.get("params") or {})
@@ -471,8 +662,8 @@ class _Handler(BaseHTTPRequestHandler):
         layers = [manifest["model"]]
         if body.get("template"):
             template = body["template"]
-            if template.count("{{") != template.count("}}"):
-                raise FakeError(400, "template error: template: :1: unclosed action")
+            if problem := go_template_error(template):  # create.go setTemplate, errBadTemplate
+                raise FakeError(400, f"template error: template: {problem}")
             manifest["template"] = template
             layers.append(_layer("template", template))
         if body.get("system"):
@@ -484,8 +675,8 @@ class _Handler(BaseHTTPRequestHandler):
             manifest["params"] = params
             layers.append(_layer("params", json.dumps(params)))
         for digest in layers:
-            self.send_line({"status": f"using existing layer {digest}"})
-        self.send_line({"status": "writing manifest"})
+            self.emit({"status": f"using existing layer {digest}"})
+        self.emit({"status": "writing manifest"})
         manifest["name"] = shortest(parts)
         manifest["modified_at"] = datetime.now(timezone.utc).astimezone().isoformat()
         return manifest
@@ -496,7 +687,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not ggufs:
             raise FakeError(400, "unknown type")
         fname, digest = ggufs[0]
-        self.send_line({"status": "parsing GGUF"})
+        self.emit({"status": "parsing GGUF"})
         if not DIGEST.match(digest):
             raise FakeError(400, "invalid digest format")
         path = state.blob_path(digest)
@@ -515,7 +706,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         chat_template = kv.get("tokenizer.chat_template") or ""
         if "<|im_start|>" in chat_template:
-            self.send_line({"status": "using autodetected template chatml"})
+            self.emit({"status": "using autodetected template chatml"})
             manifest["template"] = CHATML_GO
             manifest["params"] = {"stop": ["<|im_start|>", "<|im_end|>"]}
         return manifest
@@ -528,14 +719,18 @@ class _Handler(BaseHTTPRequestHandler):
                 500, f"unsupported quantization type {quantize} - supported types are {supported}"
             )
         have = manifest["quantization_level"]
-        if have not in UNQUANTIZED:
+        if have == want:
+            return
+        if not self.server_state.at_least(0, 22, 0):  # BF16 joined the list in v0.22.0
+            if have not in ("F16", "F32"):
+                raise FakeError(500, "quantization is only supported for F16 and F32 models")
+        elif have not in UNQUANTIZED:
             raise FakeError(500, "quantization is only supported for F16, BF16 and F32 models")
-        if have != want:
-            total = self.server_state.blob_path(manifest["model"]).stat().st_size
-            status = f"quantizing {have} model to {want}"
-            self.send_line({"status": status, "digest": "0", "total": total, "completed": total})
-            self.send_line({"status": "verifying conversion"})
-            manifest["quantization_level"] = want
+        total = self.server_state.blob_path(manifest["model"]).stat().st_size
+        status = f"quantizing {have} model to {want}"
+        self.emit({"status": status, "digest": "0", "total": total, "completed": total})
+        self.emit({"status": "verifying conversion"})
+        manifest["quantization_level"] = want
 
     def tags(self) -> None:
         state = self.server_state
@@ -622,10 +817,69 @@ class _Handler(BaseHTTPRequestHandler):
             state.blob_path(m["model"]).unlink(missing_ok=True)
         self.send_json(200, {})
 
+    def _schedule(self, m: dict[str, Any], body: dict[str, Any]) -> str | None:
+        """Load the model as scheduleRunner would, or unload it for ``keep_alive: 0``; the
+        ``done_reason`` to answer at once, None to go on and generate."""
+        state = self.server_state
+        keep = body.get("keep_alive")
+        if keep is not None and not isinstance(keep, (int, float, str)):  # api.Duration
+            raise FakeError(400, f"Unsupported type: '{type(keep).__name__}'")
+        if keep in (0, "0", "0s", 0.0) and not body.get("prompt") and not body.get("messages"):
+            state.loaded.pop(m["name"], None)  # sched.go expireRunner
+            return "unload"
+        # routes.go modelOptionsWithEmbeddingBatchDefault: FromMap on the stored parameters,
+        # then on the request's options; an error is HTTP 500 from handleScheduleError.
+        for options in (m.get("params") or {}, body.get("options") or {}):
+            if problem := from_map_error(options):
+                raise FakeError(500, problem)
+        state.loaded[m["name"]] = datetime.now(timezone.utc).isoformat()
+        return None if body.get("prompt") or body.get("messages") else "load"
+
+    def generate(self) -> None:
+        """Load or unload only (an empty prompt); generating text is left to /api/chat."""
+        body = self.read_json()
+        m = self._model_or_404(body)
+        reason = self._schedule(m, body)
+        if reason is None:
+            raise FakeError(501, "the fake answers /api/generate only without a prompt")
+        now = datetime.now(timezone.utc).isoformat()
+        answer = {"model": m["name"], "created_at": now, "response": "", "done": True}
+        self.send_json(200, {**answer, "done_reason": reason})
+
+    def ps(self) -> None:
+        """routes.go PsHandler: the loaded models, latest to expire first."""
+        state = self.server_state
+        models = []
+        for name, expires in sorted(state.loaded.items(), key=lambda x: x[1], reverse=True):
+            m = state.load(name)
+            if m is None:
+                continue
+            size = state.blob_path(m["model"]).stat().st_size
+            digest = m["model"].removeprefix("sha256:")
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "size": size,
+                    "digest": digest,
+                    "details": _details(m),
+                    "expires_at": expires,
+                    "size_vram": 0,
+                    "context_length": 2048,
+                }
+            )
+        self.send_json(200, {"models": models})
+
     def chat(self) -> None:
         state = self.server_state
         body = self.read_json()
         m = self._model_or_404(body)
+        if reason := self._schedule(m, body):
+            now = datetime.now(timezone.utc).isoformat()
+            message = {"role": "assistant", "content": ""}
+            answer = {"model": m["name"], "created_at": now, "message": message, "done": True}
+            self.send_json(200, {**answer, "done_reason": reason})
+            return
         state.stats["chats"] += 1
         messages = list(body.get("messages") or [])
         if m.get("system") and not (messages and messages[0].get("role") == "system"):

@@ -50,6 +50,19 @@ def tiny_ggufs(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return {"f16": f16, "q8_0": q8}
 
 
+@pytest.fixture(scope="session")
+def tiny_wide_ggufs(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model as f32 and bf16, the sources Ollama quantizes only sometimes."""
+    out = tmp_path_factory.mktemp("gguf-wide")
+
+    def convert(outtype: str) -> Path:
+        return convert_to_gguf(tiny_hf, out / outtype / "model.gguf", outtype).path  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(2) as pool:
+        f32, bf16 = pool.map(convert, ["f32", "bf16"])
+    return {"f32": f32, "bf16": bf16}
+
+
 @pytest.fixture
 def tiny_gguf(tiny_ggufs: dict[str, Exported]) -> Path:
     return tiny_ggufs["f16"].info.path

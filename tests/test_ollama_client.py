@@ -24,9 +24,9 @@ from lorainbox.export.ollama import (
     ollama_base_url,
     register_model,
     sha256_file,
-    suggest_model_name,
     validate_model_name,
 )
+from lorainbox.export.ollama_rules import suggest_model_name
 from lorainbox.export.templates import CHATML
 
 from tests.fake_ollama import free_port
@@ -329,7 +329,8 @@ def test_valid_model_names(name: str) -> None:
         ("-bot", "must start with a letter, a digit or '_'"),
         ("bot:", "tag part"),
         ("/bot", "namespace part"),
-        ("a" * 81, "1 to 80 characters"),
+        ("a" * 81, "1 to 80 bytes"),
+        ("é" * 41, "1 to 80 bytes"),
         ("my.team/bot", "namespace part"),
         ("bot!", "not '!'"),
         ("bot:v 1", "tag part"),

@@ -59,3 +59,54 @@ def test_register_says_what_is_wrong_and_how_to_fix_it(tmp_path: Path, tiny_gguf
         for word in words:
             assert word in message, (case, word, message)
         assert message.count("127.0.0.1:9") <= 1, (case, message)  # said once
+
+
+def _job_folder(tmp_path: Path, tiny_gguf: Path, **recipe: object) -> Path:
+    """A results folder as the daemon leaves it: the GGUF beside the recipe it trained with."""
+    import shutil
+
+    from lorainbox.core.layout import RESOLVED_RECIPE, WORK_DIR
+    from lorainbox.drop.recipe import Recipe
+
+    folder = tmp_path / "Done" / "pirate"
+    (folder / WORK_DIR).mkdir(parents=True)
+    shutil.copy(tiny_gguf, folder / "model.gguf")
+    resolved = Recipe(name="pirate", base_model="lorainbox:tiny-llama", **recipe)
+    (folder / WORK_DIR / RESOLVED_RECIPE).write_text(resolved.model_dump_json())
+    return folder
+
+
+def test_register_in_a_results_folder_uses_the_recipes_ollama_settings(
+    tmp_path: Path, tiny_gguf: Path, fake_ollama: FakeOllama
+) -> None:
+    folder = _job_folder(
+        tmp_path,
+        tiny_gguf,
+        export={"quantize": "q8_0"},
+        ollama={"system": "Arr.", "parameters": {"temperature": 0.3, "num_ctx": 512}},
+    )
+    done = register(folder / "model.gguf", "--name", "pirate", host=fake_ollama.url)
+    assert done.returncode == 0, done.stderr
+    shown = httpx.post(f"{fake_ollama.url}/api/show", json={"model": "pirate"}).json()
+    assert shown["system"] == "Arr."
+    assert "temperature                    0.3" in shown["parameters"]
+    assert "num_ctx                        512" in shown["parameters"]
+    assert shown["details"]["quantization_level"] == "Q8_0"
+
+    done = register(
+        folder / "model.gguf", "--name", "pirate", "--system", "Ahoy.", host=fake_ollama.url
+    )
+    assert done.returncode == 0, done.stderr
+    shown = httpx.post(f"{fake_ollama.url}/api/show", json={"model": "pirate"}).json()
+    assert shown["system"] == "Ahoy."  # the option wins over the recipe
+
+
+def test_register_refuses_a_recipe_setting_ollama_would_refuse(
+    tmp_path: Path, tiny_gguf: Path, fake_ollama: FakeOllama
+) -> None:
+    folder = _job_folder(tmp_path, tiny_gguf, ollama={"parameters": {"stop": "###"}})
+    done = register(folder / "model.gguf", "--name", "pirate", host=fake_ollama.url)
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert "recipe.resolved.json" in message and 'stop = ["###"]' in message, message
+    assert fake_ollama.stats["blob_uploads"] == 0

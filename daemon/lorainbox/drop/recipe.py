@@ -147,6 +147,9 @@ class ScheduleSpec(_Section):
 class MemorySpec(_Section):
     max_gb: float | None = Field(None, gt=0, le=4096)
     """Budget for the whole training process; None means a share of physical memory."""
+    unload_ollama: bool = True
+    """Ask Ollama to unload the models it holds before training starts: a chat model left
+    loaded keeps gigabytes the trainer needs."""
 
 
 class ExportSpec(_Section):
@@ -180,7 +183,9 @@ class DiffusionSpec(_Section):
 
 
 class Recipe(_Section):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=80)
+    """It names the Ollama model: Ollama's model part holds at most 80 bytes (types/model/name.go
+    isValidLen), and the name may use only ASCII, so 80 characters."""
     kind: Literal["llm", "diffusion"] = "llm"
     base_model: str = Field(min_length=1)
     """A local folder (relative to the drop, absolute or ``~``), a Hub id, or ``lorainbox:tiny-llama``."""
@@ -450,7 +455,11 @@ def _problem(err: Any, path: Path, sources: dict[tuple[str, ...], Path]) -> Prob
             f"keep one of the two keys in [{dotted}] and delete the other",
         )
     shown = repr(value) if not isinstance(value, dict) else "a table"
-    return Problem(f"`{dotted}` = {shown} is not valid: {msg}", where, _fix_hint(etype, dotted))
+    fix = _fix_hint(etype, dotted)
+    if etype == "string_too_long":
+        why = " (an Ollama model name holds at most 80 bytes)" if dotted == "name" else ""
+        fix = f"shorten `{dotted}` to at most {err['ctx']['max_length']} characters{why}"
+    return Problem(f"`{dotted}` = {shown} is not valid: {msg}", where, fix)
 
 
 def _fix_hint(etype: str, dotted: str) -> str:

@@ -28,15 +28,23 @@ import httpx
 
 from lorainbox.core.errors import DropError
 from lorainbox.core.layout import GGUF
-from lorainbox.export.templates import chat_format, ollama_template
+from lorainbox.export import ollama_rules as rules
+from lorainbox.export.ollama_rules import (
+    ModelName,
+    name_problems,
+    parse_model_name,
+    quantize_problems,
+)
+from lorainbox.export.templates import chat_format, default_system_prompt, ollama_template
 
 DEFAULT_PORT = "11434"
 CHUNK = 1 << 20
-QUANTIZE_TYPES = ("Q4_K_M", "Q4_K_S", "Q8_0", "F16", "BF16", "F32")
-"""What Ollama's create accepts as ``quantize`` (fs/ggml/type.go ParseFileType)."""
-
-_DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
-"""The digests Ollama accepts (manifest/paths.go BlobsPath)."""
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+"""The one digest form worth sending: manifest/paths.go BlobsPath also takes ``sha256-`` and
+upper case, but CreateBlobHandler compares with ``sha256:%x`` and answers a mismatch."""
+FILES_CREATE_SINCE = (0, 5, 5)
+"""/api/create with ``files`` (digests of uploaded blobs) exists since Ollama v0.5.5; v0.5.4
+took a Modelfile text instead."""
 
 UPLOADING = "uploading model data"
 """The status ``register_model`` reports while the GGUF goes up (Ollama's stream has none)."""
@@ -63,6 +71,20 @@ class OllamaError(Exception):
 
 class OllamaModelNotFound(OllamaError):
     pass
+
+
+class OllamaTooOld(OllamaError):
+    """The Ollama answering lacks an API this needs; ``message`` names the version to install."""
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``0.32.15`` or ``0.33.0-rc2`` as (0, 33, 0); None for a source build (``0.0.0``, which
+    Ollama reports when built without a version) or text that is no version."""
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    if m is None:
+        return None
+    version = (int(m[1]), int(m[2]), int(m[3]))
+    return None if version == (0, 0, 0) else version
 
 
 class InvalidOllamaSetting(DropError, ValueError):
@@ -137,110 +159,14 @@ def _is_loopback(host: str) -> bool:
     return host.lower() == "localhost" or (ip is not None and ip.is_loopback)
 
 
-# --- names (types/model/name.go) ---------------------------------------------------------------
-
-_DEFAULT_HOST, _DEFAULT_NAMESPACE, _DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
-_MISSING = "\0missing"
-
-
-@dataclass(frozen=True)
-class ModelName:
-    host: str
-    namespace: str
-    model: str
-    tag: str
-
-    @property
-    def shortest(self) -> str:
-        """How /api/tags spells it (``Name.DisplayShortest``)."""
-        if self.host.lower() != _DEFAULT_HOST:
-            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        if self.namespace.lower() != _DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.model}:{self.tag}"
-
-
-def parse_model_name(name: str) -> tuple[ModelName, bool]:
-    """Split like ``ParseName``; the flag says whether the name carried its own tag."""
-
-    def cut(s: str, sep: str) -> tuple[str, str, bool]:
-        before, found, after = s.rpartition(sep)
-        if not found:
-            return s, "", False
-        return before or _MISSING, after or _MISSING, True
-
-    host = namespace = tag = ""
-    s = name
-    if s.rfind(":") > s.rfind("/"):
-        s, tag, _ = cut(s, ":")
-    s, model, promised = cut(s, "/")
-    if not promised:
-        model = s
-    else:
-        s, namespace, promised = cut(s, "/")
-        if not promised:
-            namespace = s
-        else:
-            host = s.partition("://")[2] if "://" in s else s
-    parsed = ModelName(
-        host or _DEFAULT_HOST, namespace or _DEFAULT_NAMESPACE, model, tag or _DEFAULT_TAG
-    )
-    return parsed, bool(tag)
-
-
-def _part_problem(kind: str, part: str) -> str | None:
-    if part == _MISSING:
-        return "is empty"
-    limit = 350 if kind == "host" else 80
-    if not 1 <= len(part) <= limit:
-        return f"must be 1 to {limit} characters long (it is {len(part)})"
-    if not re.fullmatch(r"[A-Za-z0-9_]", part[0]):
-        return f"must start with a letter, a digit or '_', not {part[0]!r}"
-    allowed = {"host": r"[A-Za-z0-9_.:-]", "namespace": r"[A-Za-z0-9_-]"}.get(
-        kind, r"[A-Za-z0-9_.-]"
-    )
-    bad = sorted({c for c in part[1:] if not re.fullmatch(allowed, c)})
-    if bad:
-        extra = "" if kind == "namespace" else " and '.'"
-        shown = ", ".join(repr(c) for c in bad)
-        return f"may hold only letters, digits, '_', '-'{extra} (not {shown})"
-    return None
-
-
-def suggest_model_name(text: str) -> str:
-    """A valid Ollama model name close to ``text`` (for the error's fix)."""
-    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-.")
-    s = re.sub(r"-{2,}", "-", s)[:80].rstrip("-.")
-    return s or "my-model"
-
-
 def validate_model_name(
     name: str, *, allow_tag: bool = True, where: str = "recipe.toml [ollama] model"
 ) -> ModelName:
     """Check a name against Ollama's rules; a DropError says which part is wrong and how to fix it."""
-    if not name or not name.strip():
-        raise InvalidOllamaSetting.one(
-            "the Ollama model name is empty", where, 'set a name such as "pirate-bot"'
-        )
-    parsed, tagged = parse_model_name(name)
-    if tagged and not allow_tag:
-        base = name[: name.rfind(":")]
-        raise InvalidOllamaSetting.one(
-            f"the Ollama model name {name!r} carries a tag",
-            where,
-            f"use {base!r}: each version is tagged with its date and time, and the newest also "
-            "as 'latest'",
-        )
-    for kind in ("host", "namespace", "model", "tag"):
-        problem = _part_problem(kind, getattr(parsed, kind))
-        if problem:
-            raise InvalidOllamaSetting.one(
-                f"the {kind} part of the Ollama model name {name!r} {problem}",
-                where,
-                f"use a name like {suggest_model_name(name.split(':')[0])!r}: letters, digits, "
-                "'_', '-' and '.', starting with a letter or digit, at most 80 characters",
-            )
-    return parsed
+    problems = name_problems(name, where, allow_tag=allow_tag)
+    if problems:
+        raise InvalidOllamaSetting(problems)
+    return parse_model_name(name)[0]
 
 
 # --- the client --------------------------------------------------------------------------------
@@ -293,6 +219,37 @@ class OllamaClient:
 
     def version(self) -> str:
         return str(self._request("GET", "/api/version").json().get("version", ""))
+
+    def server_version(self) -> tuple[int, int, int] | None:
+        """The version as numbers (server/routes.go GenerateRoutes: GET /api/version); None
+        when it is a source build, taken to have every API."""
+        return parse_version(self.version())
+
+    def require_files_create(self) -> tuple[int, int, int] | None:
+        """The server's version, or OllamaTooOld when it has no files-based /api/create."""
+        version = self.server_version()
+        if version is not None and version < FILES_CREATE_SINCE:
+            need = ".".join(map(str, FILES_CREATE_SINCE))
+            raise OllamaTooOld(
+                f"Ollama {'.'.join(map(str, version))} at {self.base_url} is too old: "
+                f"registering needs Ollama {need} or newer (its /api/create takes uploaded "
+                "files); update Ollama (https://ollama.com/download) and register again"
+            )
+        return version
+
+    def loaded(self) -> list[str]:
+        """Names of the models Ollama holds in memory (server/routes.go PsHandler)."""
+        return [
+            str(m.get("name") or m.get("model"))
+            for m in self._request("GET", "/api/ps").json().get("models") or []
+        ]
+
+    def unload(self, name: str) -> None:
+        """Ask Ollama to free a model now: ``keep_alive: 0`` with no prompt answers
+        ``done_reason: "unload"`` (server/routes.go GenerateHandler; sched.go expireRunner)."""
+        self._request(
+            "POST", "/api/generate", json={"model": name, "keep_alive": 0, "stream": False}
+        )
 
     def has_blob(self, digest: str) -> bool:
         if not _DIGEST.fullmatch(digest):
@@ -372,6 +329,20 @@ class OllamaClient:
     def delete(self, name: str) -> None:
         self._request("DELETE", "/api/delete", json={"model": name})
 
+    def ask(
+        self, name: str, messages: list[dict[str, str]], options: Mapping[str, Any] | None = None
+    ) -> str:
+        """One reply, not streamed: an error (a bad stored option is HTTP 500 at load) is the
+        response's status, never a line in a 200 stream."""
+        body: dict[str, Any] = {"model": name, "messages": messages, "stream": False}
+        if options:
+            body["options"] = dict(options)
+        timeout = httpx.Timeout(30.0, connect=5.0, read=600.0)
+        answer = self._request("POST", "/api/chat", json=body, timeout=timeout).json()
+        if answer.get("error"):
+            raise OllamaError(str(answer["error"]))
+        return str((answer.get("message") or {}).get("content") or "")
+
     def chat(
         self,
         name: str,
@@ -425,8 +396,8 @@ class OllamaClient:
                 if not raw.strip():
                     continue
                 line = json.loads(raw)
-                if "error" in line:
-                    raise OllamaError(str(line["error"]), r.status_code)
+                if "error" in line:  # after the first line, errors come in the 200 stream
+                    raise OllamaError(str(line["error"]), line.get("status") or r.status_code)
                 yield line
 
     def _raise_for(self, response: httpx.Response) -> None:
@@ -481,9 +452,12 @@ def register_model(
 ) -> RegisterResult:
     """Upload a GGUF once, create ``NAME:<stamp>`` and ``NAME:latest`` from it, and check both.
 
-    Earlier versions stay in Ollama under their own time tags. Quantization is asked for only
-    when the GGUF is F16/BF16/F32 (Ollama refuses to re-quantize). Stop tokens come from the
-    GGUF unless ``parameters`` sets ``stop``. ``on_status`` hears upload progress and then
+    Earlier versions stay in Ollama under their own time tags. The server's version is read
+    first: one without files-based create (< 0.5.5) is OllamaTooOld, and quantization is asked
+    only where that version can do it (an already quantized GGUF is kept as it is; F32, and
+    BF16 before 0.22.0, are InvalidOllamaSetting). Without ``system``, the chat template's
+    default system prompt is sent, the one training used. Stop tokens come from the GGUF
+    unless ``parameters`` sets ``stop``. ``on_status`` hears upload progress and then
     Ollama's own status lines. A caller retrying after ``OllamaUnavailable`` should pass the
     same ``stamp`` so the retry makes the same version tag.
     """
@@ -492,16 +466,11 @@ def register_model(
 
     info = inspect_gguf(gguf)
     notes: list[str] = []
-
     wanted = quantize_type(quantize)
-    if wanted and info.quantized:
-        notes.append(
-            f"kept {info.file_type}: the GGUF is already quantized, and Ollama only quantizes "
-            "F16, BF16 and F32 models"
-        )
-        wanted = None
-    elif wanted == info.file_type:
-        wanted = None
+    version = client.require_files_create()
+    wanted = _quantize_asked(info.file_type, wanted, version, notes)
+    if system is None and (system := default_system_prompt(info.chat_template)):
+        notes.append("sent the chat template's default system prompt, which training used")
 
     params: dict[str, Any] = {}
     if stops := stop_tokens(info):
@@ -562,16 +531,32 @@ def register_model(
     )
 
 
-def quantize_type(quantize: str | None) -> str | None:
-    if not quantize or quantize.strip().lower() == "none":
+def _quantize_asked(
+    source: str, wanted: str | None, version: tuple[int, int, int] | None, notes: list[str]
+) -> str | None:
+    """The quantize to send: None where there is nothing to do or the GGUF is already
+    quantized (kept, with a note); InvalidOllamaSetting where this Ollama would refuse."""
+    if wanted is None or source == wanted and source != "F32":
         return None
-    q = quantize.strip().upper()
-    q = "Q4_K_M" if q == "Q4_K" else q
-    if q not in QUANTIZE_TYPES:
-        raise InvalidOllamaSetting.one(
-            f"Ollama cannot quantize to {quantize!r}",
-            "recipe.toml [export] quantize",
-            f'use one of {", ".join(QUANTIZE_TYPES)} (any case), or "none" to keep the GGUF '
-            "as it is",
+    if source not in ("F16", "BF16", "F32"):
+        notes.append(
+            f"kept {source}: the GGUF is already quantized, and Ollama only quantizes "
+            "F16, BF16 and F32 models"
         )
-    return q
+        return None
+    if why := rules.quantize_source_problem(source, wanted, version):
+        raise InvalidOllamaSetting.one(
+            why,
+            "recipe.toml [export] quantize",
+            f'set quantize = "none" to keep the {source} GGUF'
+            + (", or update Ollama to 0.22.0 or newer" if source == "BF16" else "")
+            + (', or outtype = "f16"' if source == "F32" else ""),
+        )
+    return wanted
+
+
+def quantize_type(quantize: str | None, where: str = "recipe.toml [export] quantize") -> str | None:
+    """Ollama's spelling of a quantize setting; InvalidOllamaSetting for one it does not know."""
+    if problems := quantize_problems(quantize, where):
+        raise InvalidOllamaSetting(problems)
+    return rules.quantize_type(quantize)

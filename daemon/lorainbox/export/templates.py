@@ -42,3 +42,38 @@ def ollama_template(chat_template: str | None) -> str | None:
         if chat_format(chat_template) == name:
             return go
     return None
+
+
+_PROBE = "\x00lorainbox-probe\x00"
+
+
+def default_system_prompt(chat_template: str | None) -> str | None:
+    """The system prompt a Jinja chat template writes when a chat has none (Qwen2.5's "You are
+    Qwen, created by Alibaba Cloud…"), or None when it writes none.
+
+    Training rendered every example through this template, so the model learned with that
+    prompt; Ollama's Go template would leave it out. Found by rendering one chat with a system
+    message and without: what stands where the system message stood is the default.
+    """
+    if not chat_template:
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    user = {"role": "user", "content": "hi"}
+
+    def render(messages: list[dict[str, str]]) -> str:
+        rendered, _ = render_jinja_template(
+            [messages], chat_template=chat_template, add_generation_prompt=False
+        )
+        return rendered[0]
+
+    try:
+        without = render([user])
+        around = render([{"role": "system", "content": _PROBE}, user])
+    except Exception:  # a template that needs tools, dates or a special layout: no guess
+        return None
+    head, found, tail = around.partition(_PROBE)
+    fits = len(without) >= len(head) + len(tail)
+    if not (found and fits and without.startswith(head) and without.endswith(tail)):
+        return None
+    return without[len(head) : len(without) - len(tail)].strip() or None

@@ -1,7 +1,7 @@
 """Intake: a settled drop becomes a queued job, or lands in Failed/ with an ERROR.md.
 
 The drop is claimed first (moved into Queue/, so nothing else picks it up), then checked there:
-recipe, data, base model. Whatever is wrong is written to ERROR.md in the drop, which moves to
+recipe (with what Ollama would refuse), data, base model. Whatever is wrong is written to ERROR.md in the drop, which moves to
 Failed/ whole; nothing is ever deleted.
 """
 
@@ -18,15 +18,14 @@ from lorainbox.core import atomic
 from lorainbox.core.errors import DropError
 from lorainbox.core.events import DropRejected, JobChanged, Wake
 from lorainbox.core.hub import Hub
-from lorainbox.core.layout import ERROR_FILE, RECIPE_FILE, WORK_DIR
+from lorainbox.core.layout import ERROR_FILE, RECIPE_FILE, RESOLVED_RECIPE, WORK_DIR
 from lorainbox.drop.datasets import detect_kind, inspect_data, prepare_split
 from lorainbox.drop.recipe import Recipe, default_recipe, load_recipe, recipe_search_dirs
 from lorainbox.pipeline.jobs import Job, JobStore, State
+from lorainbox.pipeline.ollama_checks import ollama_problems
 from lorainbox.pipeline.watcher import InboxLayout
 
 log = logging.getLogger(__name__)
-
-RESOLVED_RECIPE = "recipe.resolved.json"
 
 
 def write_error_file(folder: Path, text: str) -> None:
@@ -101,6 +100,8 @@ class Intake:
     def check(self, drop: Path, name: str) -> Recipe:
         """Validate the drop in place and write what the worker reads into ``.lorainbox/``."""
         recipe = self.recipe_for(drop, name)
+        if problems := ollama_problems(recipe, drop):
+            raise DropError(problems)
         summary = inspect_data(drop, recipe.data, kind=recipe.kind)
         _check_base_model(recipe, drop)
         work = drop / WORK_DIR

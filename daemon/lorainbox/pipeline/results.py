@@ -19,6 +19,7 @@ from lorainbox.core.humanize import loss_text
 from lorainbox.core.layout import GGUF, LOSS_PNG, METRICS_FILE, MODELFILE, REPORT, WORK_DIR
 from lorainbox.drop.recipe import Recipe
 from lorainbox.pipeline.jobs import Job, JobStore
+from lorainbox.trainers.samples import quote_answer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -122,15 +123,18 @@ def write_modelfile(job_dir: Path, recipe: Recipe) -> Path | None:
     if not gguf.exists():
         return None
     from lorainbox.export.gguf import inspect_gguf, modelfile_text, stop_tokens
-    from lorainbox.export.templates import ollama_template
+    from lorainbox.export.templates import default_system_prompt, ollama_template
 
     info = inspect_gguf(gguf)
     params = dict(recipe.ollama.parameters)
     if "stop" not in params and (stops := stop_tokens(info)):
         params["stop"] = stops
     template = recipe.ollama.template or ollama_template(info.chat_template)
+    system = recipe.ollama.system
+    if system is None:  # as registering sends it: the prompt training used
+        system = default_system_prompt(info.chat_template)
     out = job_dir / MODELFILE
-    out.write_text(modelfile_text(gguf.name, recipe.ollama.system, params, template))
+    out.write_text(modelfile_text(gguf.name, system, params, template))
     return out
 
 
@@ -155,6 +159,7 @@ def report_text(job: Job, recipe: Recipe, store: JobStore) -> str:
     lines += _memory_section(job)
     lines += _stage_times(store.history(job.id))
     lines += _loss_section(job_dir)
+    lines += smoke_section(job.result.get("smoke_chat"), job.model)
     extra = job_dir / WORK_DIR / "report-extra.md"
     if extra.exists():
         lines.append(extra.read_text())
@@ -208,6 +213,23 @@ def trained_text(result: dict[str, Any]) -> str:
 
 def job_dir_name(job: Job) -> str:
     return str(job.folder)
+
+
+def smoke_section(smoke: dict[str, Any] | None, model: str | None) -> list[str]:
+    """What the registered model answered in Ollama to one of the drop's questions."""
+    if not smoke:
+        return []
+    out = ["## First chat in Ollama\n"]
+    if "skipped" in smoke:
+        return [*out, f"Not asked: {smoke['skipped']}.", ""]
+    return [
+        *out,
+        f"Asked of `{model}` through Ollama once it was registered:\n",
+        f"**Q:** {smoke['question']}\n",
+        f"- expected: {quote_answer(smoke['expected'])}",
+        f"- answer: {quote_answer(smoke['answer'])}",
+        "",
+    ]
 
 
 STAT_LABELS = {

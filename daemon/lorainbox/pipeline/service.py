@@ -23,7 +23,7 @@ from lorainbox.core.config import Settings
 from lorainbox.core.errors import DropError
 from lorainbox.core.events import DropReady, DropRejected, JobChanged, Wake
 from lorainbox.core.hub import Hub
-from lorainbox.core.layout import ERROR_FILE, GGUF, TRAIN_LOG
+from lorainbox.core.layout import ERROR_FILE, TRAIN_LOG
 from lorainbox.pipeline.intake import Intake, write_error_file
 from lorainbox.pipeline.jobs import Job, JobStore, State, refusal
 from lorainbox.pipeline.notifications import NotificationRelay
@@ -121,7 +121,7 @@ class Daemon:
             settings.register_retry_max_seconds,
             wait_for_ollama=not once,
             on_done=self._finished,
-            on_refused=self._refused_by_ollama,
+            on_refused=self._fail,
         )
         self.scheduler = Scheduler(
             self.store,
@@ -343,17 +343,6 @@ class Daemon:
         )
         self.hub.publish(JobChanged(job.id, job.name, State.FAILED.value, None, str(error)))
         self.hub.publish(DropRejected(job.name, folder, str(error)))
-
-    def _refused_by_ollama(self, job: Job, message: str) -> None:
-        self._fail(
-            job,
-            DropError.one(
-                f"Ollama refused the model: {message}",
-                str(job.folder / GGUF),
-                "the model trained and converted (model.gguf and Modelfile are kept here); fix "
-                f"what Ollama says, then `lorainbox register model.gguf --name {job.model}`",
-            ),
-        )
 
     def _cancelled(self, job: Job) -> None:
         folder = job.folder

@@ -25,8 +25,9 @@ from lorainbox.core.config import Settings
 from lorainbox.core.errors import DropError
 from lorainbox.core.events import JobChanged, JobProgress
 from lorainbox.core.hub import Hub
-from lorainbox.core.layout import TRAIN_LOG, WORK_DIR
+from lorainbox.core.layout import RESOLVED_RECIPE, TRAIN_LOG, WORK_DIR
 from lorainbox.drop.recipe import Recipe
+from lorainbox.export.ollama import OllamaClient, OllamaError, OllamaUnavailable
 from lorainbox.pipeline.jobs import Job, JobStore, State
 from lorainbox.trainers.memory import memory_budget_gb, shrink_after_oom
 from lorainbox.worker.outcome import EXIT_DROP_ERROR, Outcome
@@ -36,7 +37,13 @@ log = logging.getLogger(__name__)
 
 
 def load_recipe_of(job: Job) -> Recipe:
-    return Recipe.model_validate_json((job.folder / WORK_DIR / "recipe.resolved.json").read_text())
+    return Recipe.model_validate_json((job.folder / WORK_DIR / RESOLVED_RECIPE).read_text())
+
+
+def recipe_in(folder: Path) -> Recipe | None:
+    """The recipe a job folder was trained with; None for a folder that is not a job's."""
+    path = folder / WORK_DIR / RESOLVED_RECIPE
+    return Recipe.model_validate_json(path.read_text()) if path.is_file() else None
 
 
 @dataclass
@@ -94,6 +101,8 @@ class Supervisor:
             footprint=old.footprint if old else None,
             oom_retries=job.oom_retries,
         )
+        if recipe.memory.unload_ollama:
+            self._free_ollama(job)
         try:
             proc = self._spawn(job, spec)
         except OSError as e:  # a full disk or a folder gone read-only: say so once, not per tick
@@ -115,6 +124,27 @@ class Supervisor:
             target=self._read, args=(run,), name=f"worker-{job.id}", daemon=True
         ).start()
         log.info("started worker %d for job %d %s", proc.pid, job.id, job.name)
+
+    def _free_ollama(self, job: Job) -> None:
+        """Unload what Ollama holds (/api/ps, then ``keep_alive: 0`` each); Ollama away or
+        refusing is no reason not to train."""
+        try:
+            with OllamaClient(self.settings.ollama_host, timeout=5.0) as client:
+                names = client.loaded()
+                for name in names:
+                    client.unload(name)
+        except OllamaUnavailable:
+            log.debug("job %d: Ollama not answering; nothing to unload", job.id)
+            return
+        except OllamaError as e:
+            log.warning("job %d: could not unload Ollama's models: %s", job.id, e)
+            return
+        if names:
+            log.info(
+                "job %d: asked Ollama to unload %s, to free memory for training",
+                job.id,
+                ", ".join(names),
+            )
 
     def stop(self, reason: str) -> None:
         """Ask the worker to checkpoint and exit (SIGTERM); ``reason`` decides what follows."""

@@ -102,14 +102,14 @@ def render(rows: list[dict]) -> str:
         question = row["prompt"][-1]["content"]
         lines += [
             f"**Q:** {question}\n",
-            f"- expected: {_quote(row['expected'])}",
-            f"- before: {_quote(row['before'])}",
-            f"- after: {_quote(row['after'])}\n",
+            f"- expected: {quote_answer(row['expected'])}",
+            f"- before: {quote_answer(row['before'])}",
+            f"- after: {quote_answer(row['after'])}\n",
         ]
     return "\n".join(lines) + "\n"
 
 
-def _quote(text: str | None) -> str:
+def quote_answer(text: str | None) -> str:
     if text is None:
         return "_(not asked)_"
     flat = " ".join(text.split())

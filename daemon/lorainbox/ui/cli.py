@@ -207,6 +207,7 @@ def _print_job(j: Job) -> None:
         "progress": progress_text(j),
         "trained": escape(trained_text(j.result.get("trained", {}))),
         "model": escape(f"{j.model} (`ollama run {j.model}`)" if registered else j.model or ""),
+        "answer": escape(_smoke_text(j.result.get("smoke_chat"))),
         "folder": escape(str(j.folder)),
         "error": escape(j.error or "") if j.state == State.FAILED else "",
         "created": when(j.created_at),
@@ -222,6 +223,15 @@ def _print_job(j: Job) -> None:
             grid.add_row(key, value)
     console.print(f"[bold]Job {j.id} {escape(j.name)}[/bold]")
     console.print(grid)
+
+
+def _smoke_text(smoke: dict[str, str] | None) -> str:
+    """The first chat after registering: "Q? -> answer", or why it was not asked."""
+    if not smoke:
+        return ""
+    if "skipped" in smoke:
+        return f"not asked: {smoke['skipped']}"
+    return f"{smoke['question']} -> {' '.join(smoke['answer'].split())}"
 
 
 def _folder_text(j: Job) -> str:
@@ -502,10 +512,14 @@ def register(
     name: Annotated[str, typer.Option("--name", help="The Ollama model name.")],
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
     quantize: Annotated[
-        str | None, typer.Option("--quantize", help='e.g. q4_K_M; "none" keeps the file as is.')
-    ] = "q4_K_M",
+        str | None,
+        typer.Option("--quantize", help='e.g. q4_K_M (the default); "none" keeps the file as is.'),
+    ] = None,
 ) -> None:
-    """Upload a GGUF to the local Ollama and create a model from it."""
+    """Upload a GGUF to the local Ollama and create a model from it.
+
+    A GGUF in a results folder is registered with its recipe's [ollama] settings (system,
+    parameters, template) and [export] quantize; --system and --quantize override them."""
     from datetime import datetime
 
     from lorainbox.core.errors import DropError
@@ -532,6 +546,21 @@ def register(
         validate_model_name(name, where="--name")
     except (ValueError, DropError) as e:
         raise _fail(str(e)) from None
+    from lorainbox.pipeline.supervisor import recipe_in
+
+    recipe = recipe_in(path.parent)
+    if recipe is not None:
+        from lorainbox.core.layout import RESOLVED_RECIPE, WORK_DIR
+        from lorainbox.export.ollama_rules import parameter_problems, template_problems
+
+        where = f"{path.parent / WORK_DIR / RESOLVED_RECIPE} (the job's recipe), [ollama]"
+        problems = parameter_problems(recipe.ollama.parameters, f"{where} parameters")
+        if recipe.ollama.template is not None:
+            problems += template_problems(recipe.ollama.template, f"{where} template")
+        if problems:
+            raise _fail(str(DropError(problems)))
+    if quantize is None:
+        quantize = recipe.export.quantize if recipe else "q4_K_M"
     q = None if quantize in (None, "", "none") else quantize
     try:
         quantize_type(q)
@@ -546,9 +575,9 @@ def register(
                 client,
                 path,
                 name,
-                system=system,
-                parameters=None,
-                template=None,
+                system=system if system is not None or recipe is None else recipe.ollama.system,
+                parameters=recipe.ollama.parameters if recipe else None,
+                template=recipe.ollama.template if recipe else None,
                 quantize=q,
                 stamp=datetime.now(),
                 on_status=lambda s: st.update(f"Ollama: {s.get('status', s)}"),

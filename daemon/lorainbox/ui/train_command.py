@@ -173,7 +173,9 @@ def _finish(job: Job, o: Outcome, recipe: Recipe, store: JobStore, settings: Set
             job.inbox,
             0,
             wait_for_ollama=False,
-            on_refused=lambda j, msg: store.transition(j.id, State.FAILED, detail=msg, error=msg),
+            on_refused=lambda j, e: store.transition(
+                j.id, State.FAILED, detail=str(e), error=str(e)
+            ),
         )
         registrar.attempt(store.get(job.id))
     else:
