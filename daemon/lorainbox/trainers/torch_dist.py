@@ -53,7 +53,12 @@ def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
     A rank whose share of a batch was empty has no gradients; it adds zeros."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    if dist.get_backend() == "gloo" and flat.device.type != "cpu":  # MPS: gloo reduces host memory
+        host = flat.cpu()
+        dist.all_reduce(host)
+        flat = host.to(flat.device)
+    else:
+        dist.all_reduce(flat)
     offset = 0
     for p in params:
         n = p.numel()

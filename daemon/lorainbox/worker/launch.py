@@ -22,6 +22,7 @@ static rendezvous at the first host.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -34,11 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import DistributedSpec
 from lorainbox.trainers.base import OutOfMemory, Paused, TrainContext, TrainResult
 
 STOP_FILE = "stop-requested"
+WORKER_PID = "LORAINBOX_WORKER_PID"
+"""Set for the ranks of this machine: a rank whose worker is gone (killed) pauses."""
 RANKS_DIR = "ranks"
 TORCH_PORT = 29_500
 POLL_S = 0.2
@@ -52,13 +57,40 @@ def spreads(spec: DistributedSpec) -> bool:
     return spec.world_size > 1
 
 
-def check(ctx: TrainContext) -> None:
+def check(ctx: TrainContext, trainer: str) -> None:
     if ctx.recipe.kind != "llm":
         raise DropError.one(
             "[distributed] trains language models only",
             "recipe.toml, [distributed]",
             "remove the [distributed] section, or set processes = 1",
         )
+    names = [h for h in ctx.recipe.distributed.hosts if not _is_ip(h)]
+    if trainer == "mlx" and names:
+        raise DropError.one(
+            f"MLX's ring backend reaches machines by IP address, not by name ({', '.join(names)})",
+            "recipe.toml, [distributed] hosts",
+            "write each host as its IP address, this machine first",
+        )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def worker_gone() -> bool:
+    """True once the worker that launched this rank has died (SIGKILL leaves no stop file).
+    A dead worker may linger as a zombie while the supervisor still reads the ranks' output."""
+    pid = os.environ.get(WORKER_PID)
+    if not pid:
+        return False
+    try:
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def free_port(count: int = 1) -> int:
@@ -99,7 +131,8 @@ def mlx_command(job_dir: Path, spec: DistributedSpec) -> list[str]:
 
     hosts = ",".join(spec.hosts) if spec.hosts else "127.0.0.1"
     launch = "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"
-    extra = [f"--env={e}" for e in _remote_env().split()] if spec.hosts else []
+    path = os.environ.get("PYTHONPATH")
+    extra = [f"--env=PYTHONPATH={path}"] if spec.hosts and path else []
     return [
         sys.executable,
         "-c",
@@ -126,7 +159,7 @@ def _remote_env() -> str:
 def train_spread(ctx: TrainContext, trainer: str, stop: Callable[[], bool]) -> TrainResult:
     """Run the training stage as the recipe's processes; what rank 0 trained, or raise what
     ended it (:class:`Paused`, :class:`OutOfMemory`, :class:`DropError`, a crash)."""
-    check(ctx)
+    check(ctx, trainer)
     spec = ctx.recipe.distributed
     work = ctx.work_dir
     shutil.rmtree(work / RANKS_DIR, ignore_errors=True)
@@ -137,7 +170,8 @@ def train_spread(ctx: TrainContext, trainer: str, stop: Callable[[], bool]) -> T
     else:
         commands = [mlx_command(ctx.job_dir, spec)]
     sys.stdout.flush()
-    procs = [subprocess.Popen(c, stdin=subprocess.DEVNULL) for c in commands]
+    env = {**os.environ, WORKER_PID: str(os.getpid())}
+    procs = [subprocess.Popen(c, stdin=subprocess.DEVNULL, env=env) for c in commands]
     try:
         while any(p.poll() is None for p in procs):
             if stop() and not (work / STOP_FILE).exists():

@@ -27,7 +27,7 @@ from lorainbox.drop.recipe import DistributedSpec
 from lorainbox.models.base import resolve_base_model
 from lorainbox.trainers.base import Emitter, OutOfMemory, Paused, StopFlag
 from lorainbox.trainers.distributed import World
-from lorainbox.worker.launch import STOP_FILE, rank_file
+from lorainbox.worker.launch import STOP_FILE, rank_file, worker_gone
 from lorainbox.worker.main import context, pick_trainer
 from lorainbox.worker.spec import JobSpec, initial_footprint
 from lorainbox.worker.trainlog import Narrator
@@ -55,7 +55,7 @@ def train(job_dir: Path, world: World, trainer: Any, stop: StopFlag) -> dict[str
         else Emitter(io.StringIO())
     )
     stop_file = work / STOP_FILE
-    agreed = world.agreed(lambda: stop() or stop_file.exists())
+    agreed = world.agreed(lambda: stop() or stop_file.exists() or worker_gone())
     base = resolve_base_model(spec.recipe.base_model, job_dir)
     ctx = replace(
         context(spec, job_dir, emitter, agreed, initial_footprint(spec), base),
