@@ -143,3 +143,36 @@ def test_a_rank_over_its_memory_budget_ends_the_job_as_out_of_memory(
     assert "over its 0.25 GB budget" in of(lines, "oom")[0]["message"]
     leftover = subprocess.run(["pgrep", "-f", f"lorainbox.worker.rank {job}"], check=False)
     assert leftover.returncode == 1, "a rank outlived the worker"
+
+
+def test_commands_for_several_machines(tmp_path: Path) -> None:
+    """Multi-machine runs cannot be tried here; their launch commands can be read."""
+    from lorainbox.drop.recipe import DistributedSpec
+    from lorainbox.worker.launch import mlx_command, torch_commands
+
+    spec = DistributedSpec(processes=2, hosts=["10.0.0.1", "10.0.0.2"])
+    here, there = torch_commands(tmp_path, spec)
+    assert "--node-rank=0" in here and "--master-addr=10.0.0.1" in here
+    assert there[:2] == ["ssh", "10.0.0.2"] and "--node-rank=1" in there[2]
+    mlx = mlx_command(tmp_path, spec)
+    assert "--hosts=10.0.0.1,10.0.0.2" in mlx and "--repeat-hosts=2" in mlx
+    assert torch_commands(tmp_path, DistributedSpec(processes=2))[0][4] == "--standalone"
+
+
+def test_mlx_hosts_by_name_and_diffusion_are_refused(tmp_path: Path) -> None:
+    from lorainbox.core.errors import DropError
+    from lorainbox.trainers.base import Emitter, Footprint, TrainContext
+    from lorainbox.worker.launch import check
+
+    def ctx(r: Recipe) -> TrainContext:
+        fp = Footprint(4, 256, False)
+        return TrainContext(tmp_path, tmp_path, r, tmp_path, None, fp, 8.0, Emitter(), bool)
+
+    named = recipe("mlx", 2, 2).model_copy(deep=True)
+    named.distributed.hosts = ["studio.local", "10.0.0.2"]
+    with pytest.raises(DropError, match="by IP address, not by name \\(studio.local\\)"):
+        check(ctx(named), "mlx")
+    check(ctx(named), "torch")
+    images = recipe("torch", 2, 2).model_copy(update={"kind": "diffusion"})
+    with pytest.raises(DropError, match="language models only"):
+        check(ctx(images), "torch")

@@ -95,7 +95,7 @@ def plan_memory(spec: JobSpec, job_dir: Path, base: Path, emitter: Emitter) -> F
         footprint = Footprint(**spec.footprint)
     else:
         footprint = plan_footprint(
-            base, spec.recipe, spec.memory_budget_gb, longest_example=longest
+            base, spec.recipe, spec.process_budget_gb, longest_example=longest
         )
         spec.footprint = asdict(footprint)
         spec.save(job_dir)
@@ -103,7 +103,7 @@ def plan_memory(spec: JobSpec, job_dir: Path, base: Path, emitter: Emitter) -> F
     emitter.emit(
         "footprint",
         **asdict(footprint),
-        budget_gb=spec.memory_budget_gb,
+        budget_gb=spec.process_budget_gb,
         estimate_gb=round(estimate, 2),
     )
     return footprint

@@ -59,8 +59,7 @@ def train(job_dir: Path, world: World, trainer: Any, stop: StopFlag) -> dict[str
     base = resolve_base_model(spec.recipe.base_model, job_dir)
     ctx = replace(
         context(spec, job_dir, emitter, agreed, initial_footprint(spec), base),
-        # The machine's budget, shared by the processes on it.
-        memory_budget_gb=spec.memory_budget_gb / spec.recipe.distributed.processes,
+        memory_budget_gb=spec.process_budget_gb,
         world=world,
     )
     result = trainer.train(ctx)
