@@ -60,7 +60,9 @@ class World:
         return self.size > 1
 
     def start_clock(self) -> None:
-        """Speeds count from the training loop's start, not from loading the model."""
+        """Speeds count from the training loop's start, not from loading the model, and from
+        the moment all ranks reach it (rank 0 writes the samples first): a collective."""
+        self.sum([0.0])
         self.started = time.perf_counter()
         self.local_tokens = 0
 
