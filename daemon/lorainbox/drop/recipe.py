@@ -182,6 +182,19 @@ class DiffusionSpec(_Section):
     """A folder (e.g. ComfyUI's ``models/loras``) that receives a copy of the LoRA."""
 
 
+class DistributedSpec(_Section):
+    """Data-parallel training on torch's and MLX's own launchers (see ``worker/launch.py``)."""
+
+    processes: int = Field(1, ge=1, le=64)
+    """Training processes on each machine: one per GPU, or a few sharing a Mac's or a CPU's."""
+    hosts: list[str] = Field(default_factory=list)
+    """Machines (IP addresses, this one first) that train together, reached over ssh."""
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * max(1, len(self.hosts))
+
+
 class Recipe(_Section):
     name: str = Field(min_length=1, max_length=80)
     """It names the Ollama model: Ollama's model part holds at most 80 bytes (types/model/name.go
@@ -200,6 +213,7 @@ class Recipe(_Section):
     export: ExportSpec = Field(default_factory=ExportSpec)
     ollama: OllamaSpec = Field(default_factory=OllamaSpec)
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
     @field_validator("name")
     @classmethod

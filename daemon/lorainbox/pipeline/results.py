@@ -19,6 +19,7 @@ from lorainbox.core.humanize import loss_text
 from lorainbox.core.layout import GGUF, LOSS_PNG, METRICS_FILE, MODELFILE, REPORT, WORK_DIR
 from lorainbox.drop.recipe import Recipe
 from lorainbox.pipeline.jobs import Job, JobStore
+from lorainbox.trainers.distributed import report_line
 from lorainbox.trainers.samples import quote_answer
 
 if TYPE_CHECKING:
@@ -187,6 +188,8 @@ def _summary(job: Job, recipe: Recipe) -> list[str]:
     out = [f"- **State:** {job.state.value}", f"- **Base model:** `{recipe.base_model}`"]
     if trained := trained_text(job.result.get("trained", {})):
         out.append(f"- **Trained:** {trained}")
+    if spread := report_line(job.result.get("trained", {}).get("distributed")):
+        out.append(spread)
     reg = job.result.get("ollama")
     if reg:
         out.append(f"- **Ollama:** `{reg.get('latest')}` (also `{reg.get('version')}`)")

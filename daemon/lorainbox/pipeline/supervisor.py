@@ -233,7 +233,11 @@ class Supervisor:
         elif kind == "footprint":
             self._add_result(job_id, footprint=msg)
         elif kind == "trained":
-            how = {k: msg[k] for k in ("steps", "trainer", "device", "compiled") if k in msg}
+            how = {
+                k: msg[k]
+                for k in ("steps", "trainer", "device", "compiled", "distributed")
+                if k in msg
+            }
             self._add_result(job_id, trained=how)
         elif kind == "exported":
             self._add_result(job_id, gguf=msg.get("gguf"), gguf_info=msg.get("info"))

@@ -12,6 +12,7 @@ from typing import IO, Any, Protocol
 
 from lorainbox.core.layout import ADAPTERS_DIR, CHECKPOINTS_DIR
 from lorainbox.drop.recipe import Recipe
+from lorainbox.trainers.distributed import World
 
 
 class Paused(Exception):
@@ -105,6 +106,8 @@ class TrainContext:
     stop_requested: Callable[[], bool]
     base_model_dir: Path | None = None
     """The base model's local folder, once the worker has resolved (built, downloaded) it."""
+    world: World = field(default_factory=World)
+    """Data-parallel peers, when the recipe's [distributed] trains in several processes."""
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -195,6 +195,8 @@ class LengthBatches:
         self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.seed = seed
         self._perm: tuple[int, np.ndarray] | None = None
+        self.rows: Callable[[list[int]], list[int]] = list
+        """The rows of a batch this process trains on: all, or its share when data-parallel."""
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -203,7 +205,7 @@ class LengthBatches:
         if self._perm is None or self._perm[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
             self._perm = (epoch, rng.permutation(len(self.groups)))
-        return self.collate(self.groups[int(self._perm[1][index])])
+        return self.collate(self.rows(self.groups[int(self._perm[1][index])]))
 
     def in_order(self) -> list[tuple[mx.array, mx.array]]:
         return [self.collate(g) for g in self.groups]
@@ -387,7 +389,9 @@ class MLXTrainer:
         # A quarter of the step's estimated working set is plenty of buffer cache to reuse.
         guard = MemoryGuard(ctx.memory_budget_gb, cache_gb=estimate_for(base, recipe, fp) / 4)
         model, tokenizer, _ = load_base(base)
-        samples.before_training(ctx.work_dir, ctx.data_files, replier(model, tokenizer))
+        writes = ctx.world.writes
+        if writes:
+            samples.before_training(ctx.work_dir, ctx.data_files, replier(model, tokenizer))
         mx.random.seed(t.seed)
         add_adapters(model, recipe.lora)
 
@@ -399,6 +403,10 @@ class MLXTrainer:
             return LengthBatches(examples, fp.batch_size, t.seed)
 
         train = batches(ctx.train_file)
+        if ctx.world.spread:
+            from lorainbox.trainers.mlx_dist import shard_rows
+
+            train.rows = shard_rows(ctx.world, train.examples)
         valid = batches(ctx.valid_file).in_order() if ctx.valid_file is not None else []
         total = total_steps(t, len(train))
         optimizer = optim.Adam(learning_rate=learning_rate(t, total))
@@ -412,9 +420,11 @@ class MLXTrainer:
 
         run = _Run(ctx, model, optimizer, train, valid, total, guard, self.compile_step)
         run.loop(pos)
-        save_adapter(ctx.adapter_dir, model, recipe, base, pos.step)
-        model.eval()
-        samples.after_training(ctx.work_dir, replier(model, tokenizer))
+        spread = {"distributed": ctx.world.summary()} if ctx.world.spread else {}
+        if writes:
+            save_adapter(ctx.adapter_dir, model, recipe, base, pos.step)
+            model.eval()
+            samples.after_training(ctx.work_dir, replier(model, tokenizer))
         return TrainResult(
             adapter_dir=ctx.adapter_dir,
             steps=pos.step,
@@ -425,6 +435,7 @@ class MLXTrainer:
                 "device": "gpu" if mx.default_device() == mx.gpu else "cpu",
                 "peak_memory_gb": round(guard.peak_gb, 3),
                 "base_model": str(base),
+                **spread,
             },
         )
 
@@ -463,6 +474,11 @@ class _Run:
             optimizer.update(model, grad)
             return loss, ntoks
 
+        if ctx.world.spread:
+            from lorainbox.trainers.mlx_dist import make_step
+
+            step = make_step(model, optimizer, ctx.world)
+
         self.step = (
             mx.compile(step, inputs=self.state, outputs=self.state) if compile_step else step
         )
@@ -470,6 +486,7 @@ class _Run:
     def loop(self, pos: Position) -> None:
         t, ctx = self.t, self.ctx
         self.callback.pace = Pace(pos.step, self.total)
+        self.ctx.world.start_clock()
         if self.valid and pos.step == 0:
             self.evaluate(0)
         self.model.train()
@@ -542,6 +559,8 @@ class _Run:
         )
 
     def checkpoint(self, pos: Position) -> None:
+        if not self.ctx.world.writes:
+            return
         meta = {"batches_per_epoch": len(self.train), "total": self.total, "seed": self.t.seed}
         path = save_checkpoint(self.ctx.checkpoint_dir, self.model, self.optimizer, pos, meta)
         self.ctx.emitter.emit("checkpoint", step=pos.step, path=str(path))

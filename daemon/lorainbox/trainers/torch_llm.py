@@ -50,6 +50,7 @@ from lorainbox.trainers.torch_common import (
     total_steps,
     training_state,
 )
+from lorainbox.trainers.torch_dist import sum_gradients
 
 log = logging.getLogger(__name__)
 
@@ -491,14 +492,18 @@ class TorchLLMTrainer:
         with out_of_memory_guard(setup.device):
             compiled = opts.compiles(setup.kind, planned_steps(t, len(train_set)))
             model = self._model(model_dir, hf_config, setup, recipe.lora, fp, compiled)
-            ask_base = replier(model, tokenizer, setup.device, base_only=True)
-            samples.before_training(ctx.work_dir, ctx.data_files, ask_base)
+            writes = ctx.world.writes
+            if writes:
+                ask_base = replier(model, tokenizer, setup.device, base_only=True)
+                samples.before_training(ctx.work_dir, ctx.data_files, ask_base)
             run = _Run(self, ctx, setup, model, tokenizer, train_set, valid_set, fp, pad_id)
             fallbacks = MPSFallbackLog() if setup.kind == "mps" else None
             with fallbacks or contextlib.nullcontext():
                 run.loop()
-            run.save_adapter()
-            samples.after_training(ctx.work_dir, replier(model, tokenizer, setup.device))
+            spread = ctx.world.summary() if ctx.world.spread else None
+            if writes:
+                run.save_adapter()
+                samples.after_training(ctx.work_dir, replier(model, tokenizer, setup.device))
         empty_cache(setup.device)
         extra = {
             "trainer": self.name,
@@ -509,6 +514,8 @@ class TorchLLMTrainer:
         }
         if fallbacks is not None:
             extra["mps_fallback_ops"] = fallbacks.ops
+        if spread is not None:
+            extra["distributed"] = spread
         return TrainResult(
             ctx.adapter_dir, run.step, run.last_train_loss, run.last_valid_loss, extra
         )
@@ -708,7 +715,8 @@ class _Run:
             "data": {"epoch": self.cursor.epoch, "remaining": self.cursor.remaining},
         }
         tensors = self._state_dict(self.model)
-        save_checkpoint(self.ctx.checkpoint_dir, self.step, tensors, state, meta)
+        if self.ctx.world.writes:
+            save_checkpoint(self.ctx.checkpoint_dir, self.step, tensors, state, meta)
         self.checkpoint_step = self.step
         self.ctx.emitter.emit("checkpoint", step=self.step)
 
@@ -720,8 +728,9 @@ class _Run:
 
     # data
 
-    def _next_step_batches(self) -> list[Batch]:
-        """The next step's examples (the recipe's batch), in slices the footprint allows.
+    def _next_step_batches(self) -> tuple[list[Batch], int, int]:
+        """The next step's examples (the recipe's batch), in slices the footprint allows, with
+        the whole batch's trained and real token counts (this rank's share, when data-parallel).
 
         Epochs are planned in whole recipe batches, so a footprint shrunk after an
         out-of-memory retry trains on exactly the examples it would have seen.
@@ -733,15 +742,22 @@ class _Run:
             )
             self.cursor = _DataCursor(epoch, plan)
         idx = sorted(self.cursor.remaining.pop(0), key=self.lengths.__getitem__)
-        return [
-            collate(
-                [self.train_set[i] for i in idx[s : s + self.micro]],
-                self.pad_id,
-                self.pad_multiple,
-                padding_mask=not self.opts.unmasked_padding,
-            )
-            for s in range(0, len(idx), self.micro)
-        ]
+        targets = sum(self.train_set[i].targets for i in idx)
+        tokens = sum(self.lengths[i] for i in idx)
+        idx = self.ctx.world.shard(idx)
+        return (
+            [
+                collate(
+                    [self.train_set[i] for i in idx[s : s + self.micro]],
+                    self.pad_id,
+                    self.pad_multiple,
+                    padding_mask=not self.opts.unmasked_padding,
+                )
+                for s in range(0, len(idx), self.micro)
+            ],
+            targets,
+            tokens,
+        )
 
     # the loop
 
@@ -755,20 +771,22 @@ class _Run:
                 step=0, total=self.total, valid_loss=round(self.evaluate(), 5)
             )
         model.train()
+        self.ctx.world.start_clock()
         while self.step < self.total:
             if self.ctx.stop_requested():
                 self._pause()
-            micro = self._next_step_batches()
-            n_targets = sum(b.n_targets for b in micro)
+            micro, n_targets, tokens = self._next_step_batches()
             for batch in micro:
                 batch = batch.to(device)
                 with self.setup.autocast():
                     summed = loss_sum(model, batch, self.sparse)
                 (summed / n_targets).backward()
                 loss_acc += summed.detach()
+            if self.ctx.world.spread:
+                sum_gradients(self.params)
             optimizer_step(self.params, self.optimizer, self.scheduler)
             self.step += 1
-            tokens = sum(b.tokens for b in micro)
+            self.ctx.world.local_tokens += sum(b.tokens for b in micro)
             self.trained_tokens += tokens
             targets_acc += n_targets
             pace.add(tokens)
@@ -781,7 +799,8 @@ class _Run:
                 self.step % self.t.steps_per_eval == 0 or self.step == self.total
             )
             if report or evaluate:
-                self.last_train_loss = float(loss_acc.item()) / max(targets_acc, 1)
+                summed_loss = self.ctx.world.sum([float(loss_acc.item())])[0]
+                self.last_train_loss = summed_loss / max(targets_acc, 1)
                 loss_acc.zero_()
                 targets_acc = 0
                 valid = self.evaluate() if evaluate else None

@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from lorainbox.trainers.base import (
     TrainContext,
     Trainer,
 )
+from lorainbox.worker.launch import spreads, train_spread
 from lorainbox.worker.outcome import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
 from lorainbox.worker.spec import JobSpec, disk_full_while, initial_footprint, is_disk_full
 from lorainbox.worker.trainlog import Narrator
@@ -93,7 +95,7 @@ def plan_memory(spec: JobSpec, job_dir: Path, base: Path, emitter: Emitter) -> F
         footprint = Footprint(**spec.footprint)
     else:
         footprint = plan_footprint(
-            base, spec.recipe, spec.memory_budget_gb, longest_example=longest
+            base, spec.recipe, spec.process_budget_gb, longest_example=longest
         )
         spec.footprint = asdict(footprint)
         spec.save(job_dir)
@@ -101,10 +103,32 @@ def plan_memory(spec: JobSpec, job_dir: Path, base: Path, emitter: Emitter) -> F
     emitter.emit(
         "footprint",
         **asdict(footprint),
-        budget_gb=spec.memory_budget_gb,
+        budget_gb=spec.process_budget_gb,
         estimate_gb=round(estimate, 2),
     )
     return footprint
+
+
+def context(
+    spec: JobSpec,
+    job_dir: Path,
+    emitter: Emitter,
+    stop: Callable[[], bool],
+    footprint: Footprint,
+    base: Path | None,
+) -> TrainContext:
+    return TrainContext(
+        job_dir=job_dir,
+        work_dir=job_dir / WORK_DIR,
+        recipe=spec.recipe,
+        train_file=spec.train_file,
+        valid_file=spec.valid_file,
+        footprint=footprint,
+        memory_budget_gb=spec.memory_budget_gb,
+        emitter=emitter,
+        stop_requested=stop,
+        base_model_dir=base,
+    )
 
 
 def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
@@ -124,21 +148,13 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     trainer = pick_trainer(spec.recipe)
     if base is not None and not done_marker.exists():
         footprint = plan_memory(spec, job_dir, base, emitter)
-    ctx = TrainContext(
-        job_dir=job_dir,
-        work_dir=work,
-        recipe=spec.recipe,
-        train_file=spec.train_file,
-        valid_file=spec.valid_file,
-        footprint=footprint,
-        memory_budget_gb=spec.memory_budget_gb,
-        emitter=emitter,
-        stop_requested=stop,
-        base_model_dir=base,
-    )
+    ctx = context(spec, job_dir, emitter, stop, footprint, base)
     if not done_marker.exists():
         emitter.emit("stage", stage="training", trainer=trainer.name)
-        result = trainer.train(ctx)
+        if spreads(spec.recipe.distributed):
+            result = train_spread(ctx, trainer.name, stop)
+        else:
+            result = trainer.train(ctx)
         trained = {"steps": result.steps, "adapter": str(result.adapter_dir), **result.extra}
         done_marker.write_text(json.dumps(trained))
         emitter.emit("trained", **trained)

@@ -27,6 +27,12 @@ class JobSpec(BaseModel):
     """The memory guard's last footprint (batch, sequence, checkpointing) after an OOM retry."""
     oom_retries: int = 0
 
+    @property
+    def process_budget_gb(self) -> float:
+        """The budget of one training process: the machine's, shared by the recipe's
+        ``[distributed] processes`` on it, each of which holds the whole model."""
+        return self.memory_budget_gb / self.recipe.distributed.processes
+
     @classmethod
     def load(cls, job_dir: Path) -> JobSpec:
         return cls.model_validate_json((job_dir / WORK_DIR / SPEC_FILE).read_text())
