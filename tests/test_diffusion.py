@@ -373,6 +373,7 @@ def test_bf16_weights_with_autocast_as_on_cuda(
         train={"iters": 3, "batch_size": 2},
         diffusion={"train_text_encoder": True},
     )
-    DiffusionTrainer(FAST).train(ctx)
+    result = DiffusionTrainer(DiffusionOptions(sample_steps=2)).train(ctx)
     assert all(math.isfinite(p["train_loss"]) for p in lines(out))
     assert (ctx.adapter_dir / "sks-style.safetensors").is_file()
+    assert result.extra["samples"] == str(ctx.job_dir / SAMPLES_FILE)  # sampled under autocast

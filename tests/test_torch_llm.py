@@ -532,10 +532,13 @@ def test_examples_without_anything_to_learn_are_reported(tiny_hf: Path, tmp_path
 
 
 def test_bf16_weights_with_autocast_as_on_cuda(
-    tiny_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """CUDA's path (bfloat16 frozen weights, float32 LoRA, autocast) on the CPU's autocast."""
+    """CUDA's path (bfloat16 frozen weights, float32 LoRA, autocast) on the CPU's autocast:
+    training, evaluation and the report's answers before and after training all run (the
+    answers were generated outside autocast and failed on bf16 against fp32 on an H200)."""
     import lorainbox.trainers.torch_llm as torch_llm
+    from lorainbox.core.layout import SAMPLES_FILE
     from lorainbox.trainers.torch_common import DeviceSetup
 
     setup = DeviceSetup(torch.device("cpu"), torch.bfloat16, torch.bfloat16, False)
@@ -547,6 +550,11 @@ def test_bf16_weights_with_autocast_as_on_cuda(
     assert {p.dtype for p in seen["params"]} == {torch.float32}
     assert result.final_train_loss is not None and result.final_train_loss < 0.1
     assert lines(out)[0]["valid_loss"] > 3.0
+    assert "could not sample" not in caplog.text
+    rows = json.loads((ctx.work_dir / SAMPLES_FILE).read_text())
+    assert rows and all(isinstance(r["before"], str) for r in rows)
+    assert all(isinstance(r["after"], str) for r in rows)
+    assert "Marigold" in rows[0]["after"]
 
 
 def _spy(make: Callable[..., Any], seen: dict[str, Any]) -> Callable[..., Any]:

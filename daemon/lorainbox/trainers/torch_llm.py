@@ -491,14 +491,14 @@ class TorchLLMTrainer:
         with out_of_memory_guard(setup.device):
             compiled = opts.compiles(setup.kind, planned_steps(t, len(train_set)))
             model = self._model(model_dir, hf_config, setup, recipe.lora, fp, compiled)
-            ask_base = replier(model, tokenizer, setup.device, base_only=True)
+            ask_base = replier(model, tokenizer, setup, base_only=True)
             samples.before_training(ctx.work_dir, ctx.data_files, ask_base)
             run = _Run(self, ctx, setup, model, tokenizer, train_set, valid_set, fp, pad_id)
             fallbacks = MPSFallbackLog() if setup.kind == "mps" else None
             with fallbacks or contextlib.nullcontext():
                 run.loop()
             run.save_adapter()
-            samples.after_training(ctx.work_dir, replier(model, tokenizer, setup.device))
+            samples.after_training(ctx.work_dir, replier(model, tokenizer, setup))
         empty_cache(setup.device)
         extra = {
             "trainer": self.name,
@@ -591,9 +591,15 @@ def _fingerprint(path: Path) -> str:
 
 
 def replier(
-    model: Any, tokenizer: Any, device: torch.device, *, base_only: bool = False
+    model: Any, tokenizer: Any, setup: DeviceSetup, *, base_only: bool = False
 ) -> samples.Generate:
-    """Greedy replies of the PEFT model, or of its base with the adapter switched off."""
+    """Greedy replies of the PEFT model, or of its base with the adapter switched off.
+
+    They run under the step's precision (:meth:`DeviceSetup.autocast`): on CUDA the frozen
+    weights are bfloat16 and the adapters float32, and with ``skip_adapter_upcast`` only
+    autocast brings the two to one dtype (without it: "expected mat1 and mat2 to have the same
+    dtype")."""
+    device = setup.device
 
     @torch.no_grad()
     def reply(messages: samples.Messages) -> str:
@@ -607,7 +613,8 @@ def replier(
         was_training = model.training
         model.eval()
         try:
-            with eager(), model.disable_adapter() if base_only else contextlib.nullcontext():
+            adapter = model.disable_adapter() if base_only else contextlib.nullcontext()
+            with eager(), setup.autocast(), adapter:
                 out = model.generate(
                     **enc,
                     max_new_tokens=samples.MAX_TOKENS,
