@@ -182,6 +182,8 @@ def _summary(job: Job, recipe: Recipe) -> list[str]:
     out = [f"- **State:** {job.state.value}", f"- **Base model:** `{recipe.base_model}`"]
     if trained := trained_text(job.result.get("trained", {})):
         out.append(f"- **Trained:** {trained}")
+    if why := job.result.get("trained", {}).get("engine_reason"):
+        out.append(f"- **Engine:** {job.result['trained']['trainer']}, because {why}")
     reg = job.result.get("ollama")
     if reg:
         out.append(f"- **Ollama:** `{reg.get('latest')}` (also `{reg.get('version')}`)")
