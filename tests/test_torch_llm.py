@@ -353,7 +353,8 @@ def test_compiled_layers_train_as_eager_ones_with_two_graphs_for_every_shape(
     """The compile switch (for long CUDA runs), on the CPU's inductor: the same losses as eager,
     one graph for the first layer and one for all the others whatever the batch widths (the
     first batch is as wide as the model, 128, which must not pin the width), and the
-    evaluation and sample replies (eager by design) compile nothing more."""
+    evaluation and sample replies (eager by design) compile nothing more. With ``cuda_graphs``
+    (static graphs per width; the CUDA graphs themselves only on CUDA) the losses are the same."""
     long_text = {"text": "The ship sails at dawn. " * 40}  # cut to max_seq_length = 128
     chats = [
         {
@@ -366,27 +367,33 @@ def test_compiled_layers_train_as_eager_ones_with_two_graphs_for_every_shape(
     ]
     rows = [long_text] * 4 + chats
     runs = {}
-    for compiled in (False, True):
+    for compiled, graphs in ((False, False), (True, False), (True, True)):
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
         ctx, out = make_ctx(
-            tmp_path / f"compiled-{compiled}",
+            tmp_path / f"compiled-{compiled}-{graphs}",
             tiny_hf,
             rows=rows,
             train={"iters": 8, "steps_per_report": 4, "steps_per_eval": 4, "seed": 4},
         )
-        result = TorchLLMTrainer(SpeedOptions(compile=compiled)).train(ctx)
-        assert result.extra["compiled"] is compiled
-        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        options = SpeedOptions(compile=compiled, cuda_graphs=graphs)
+        result = TorchLLMTrainer(options).train(ctx)
+        assert result.extra["compiled"] is compiled and result.extra["cuda_graphs"] is graphs
+        count = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         losses = [(p.get("train_loss"), p.get("valid_loss")) for p in lines(out)]
-        runs[compiled] = losses, graphs, sorted(adapter_tensors(ctx.adapter_dir))
-    (eager_losses, eager_graphs, eager_keys), (losses, graphs, keys) = runs[False], runs[True]
-    assert eager_graphs == 0 and graphs == 2
-    assert keys == eager_keys
-    assert len(losses) == len(eager_losses) == 3
-    for got, want in zip(losses, eager_losses, strict=True):
-        for a, b in zip(got, want, strict=True):
-            assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-3 * b), (got, want)
+        runs[compiled, graphs] = losses, count, sorted(adapter_tensors(ctx.adapter_dir))
+    eager_losses, eager_graphs, eager_keys = runs[False, False]
+    assert eager_graphs == 0 and runs[True, False][1] == 2
+    assert runs[True, True][1] >= 2  # static: one per batch width
+    for losses, _, keys in (runs[True, False], runs[True, True]):
+        assert keys == eager_keys
+        assert len(losses) == len(eager_losses) == 3
+        for got, want in zip(losses, eager_losses, strict=True):
+            for a, b in zip(got, want, strict=True):
+                assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-3 * b), (
+                    got,
+                    want,
+                )
 
 
 def test_layers_compile_by_default_only_for_long_cuda_runs() -> None:
