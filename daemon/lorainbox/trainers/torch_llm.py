@@ -69,20 +69,6 @@ ARCH_TARGETS: dict[str, tuple[str, ...]] = {
 }
 """Attention and MLP projections by ``model_type``; other architectures get PEFT's all-linear."""
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "tiktoken.model",
-)
-
 
 @dataclass(frozen=True)
 class SpeedOptions:
@@ -583,7 +569,7 @@ class TorchLLMTrainer:
     def fuse(self, ctx: TrainContext) -> Path:
         """Merge the adapter into the base and write a Hugging Face folder llama.cpp converts."""
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from lorainbox.models.base import resolve_base_model
@@ -601,11 +587,15 @@ class TorchLLMTrainer:
             merged = PeftModel.from_pretrained(base, ctx.adapter_dir).merge_and_unload()
         merged.config.use_cache = True
 
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
         def build(folder: Path) -> None:
             merged.save_pretrained(folder, safe_serialization=True)
-            for name in TOKENIZER_FILES:
-                if (model_dir / name).is_file():
-                    shutil.copy(model_dir / name, folder / name)
+            # Saved as mlx-lm saves it (tokenizer.json), the form export/converter.py mends for
+            # llama.cpp. Copying the base's files kept its tokenizer.model, from which the
+            # converter did not make <|im_start|> a special token: the GGUF read the chat's
+            # first token as text and answered garbage.
+            tokenizer.save_pretrained(folder)
             for extra in model_dir.glob("*.tiktoken"):
                 shutil.copy(extra, folder / extra.name)
 
