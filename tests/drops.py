@@ -23,6 +23,7 @@ FACT = [
 
 FAST_RECIPE = """\
 extends = "tiny-demo"
+trainer = "mlx"
 
 [train]
 iters = {iters}

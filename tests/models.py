@@ -37,9 +37,10 @@ def tiny_llama_4bit(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def tiny_fact_recipe(**overrides: Any) -> Recipe:
-    """The example drop's recipe, with overrides: ``train__iters=10``, ``base_model="..."``."""
+    """The example drop's recipe on MLX (the engine these tests mean; ``auto`` picks torch on a
+    Linux box), with overrides: ``train__iters=10``, ``base_model="..."``."""
     recipe = load_recipe(TINY_FACT / "recipe.toml", search_dirs=recipe_search_dirs(None))
-    data = recipe.model_dump()
+    data = {**recipe.model_dump(), "trainer": "mlx"}
     for name, value in overrides.items():
         *section, key = name.split("__")
         (data[section[0]] if section else data)[key] = value

@@ -54,6 +54,7 @@ def test_run_once_sorts_valid_and_broken_drops(tmp_path: Path) -> None:
     assert status["result"]["gguf_info"]["name"] == "good"  # not the converter's "Fused"
     report = (done / "report.md").read_text()
     assert "- **Trained:** 12 steps with mlx on cpu" in report
+    assert '- **Engine:** mlx, because the recipe asks for it (trainer = "mlx")' in report
     assert re.search(r"- chat: \d+ examples to train on, \d+ to validate with", report)
     assert "- average length (characters): " in report and "mean_chars" not in report
     assert "```toml" in report and "null" not in report

@@ -41,6 +41,10 @@ def test_demo_trains_exports_registers_and_the_model_answers_its_fact(tmp_path: 
     assert "A: Marigold Fenwick keeps the lighthouse of Quillhaven." in out
     assert "answered through Ollama" in out and chats >= 1
     assert "It learned the fact." in out
+    assert (
+        'Trained: 120 steps with mlx on cpu, because the recipe asks for it (trainer = "mlx")'
+        in out
+    )
     assert (tmp_path / "demo" / "inbox" / "Done" / "tiny-fact" / "model.gguf").is_file()
 
     commands = suggested(done.stdout)

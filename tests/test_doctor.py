@@ -29,6 +29,8 @@ def test_doctor_finds_the_trainers_the_converter_and_a_running_ollama(tmp_path: 
     for what in ("Python", "MLX", "PyTorch", "transformers", "PEFT", "GGUF converter"):
         assert rows[what].startswith("✓"), (what, rows[what])
     assert rows["llama.cpp"] == "✓ installed"
+    # trainer = "auto" on this CPU-only Linux box: torch, though MLX's CPU build is installed
+    assert rows["Engine"].startswith("✓ torch for language models: no GPU"), rows["Engine"]
     assert rows["Ollama"].startswith("✓ version") and ollama.url in rows["Ollama"]
     log = Path(os.environ["LORAINBOX_STATE_DIR"]) / "logs" / "lorainbox.log"
     assert rows["Folders"] == f"✓ inbox {inbox}, daemon log {log}"

@@ -18,6 +18,7 @@ from tests.drops import chat_lines, drop_with
 
 IDLE_RECIPE = """\
 extends = "tiny-demo"
+trainer = "mlx"
 
 [train]
 iters = 120

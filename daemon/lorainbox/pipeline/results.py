@@ -188,6 +188,8 @@ def _summary(job: Job, recipe: Recipe) -> list[str]:
     out = [f"- **State:** {job.state.value}", f"- **Base model:** `{recipe.base_model}`"]
     if trained := trained_text(job.result.get("trained", {})):
         out.append(f"- **Trained:** {trained}")
+    if why := job.result.get("trained", {}).get("engine_reason"):
+        out.append(f"- **Engine:** {job.result['trained']['trainer']}, because {why}")
     if spread := report_line(job.result.get("trained", {}).get("distributed")):
         out.append(spread)
     reg = job.result.get("ollama")

@@ -233,11 +233,8 @@ class Supervisor:
         elif kind == "footprint":
             self._add_result(job_id, footprint=msg)
         elif kind == "trained":
-            how = {
-                k: msg[k]
-                for k in ("steps", "trainer", "device", "compiled", "distributed")
-                if k in msg
-            }
+            keep = ("steps", "trainer", "device", "compiled", "distributed", "engine_reason")
+            how = {k: msg[k] for k in keep if k in msg}
             self._add_result(job_id, trained=how)
         elif kind == "exported":
             self._add_result(job_id, gguf=msg.get("gguf"), gguf_info=msg.get("info"))

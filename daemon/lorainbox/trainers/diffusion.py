@@ -929,7 +929,7 @@ class _Run:
         for encoder in parts.text_encoders:
             encoder.eval()
         self.samples_dir.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
+        with torch.no_grad(), self.setup.autocast():  # the step's precision: bf16 base, fp32 LoRA
             for n, (prompt, path) in enumerate(zip(prompts, paths, strict=True)):
                 image = parts.pipe(
                     prompt,

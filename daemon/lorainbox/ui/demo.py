@@ -37,6 +37,7 @@ from lorainbox.core.layout import (
 )
 from lorainbox.core.share import EXAMPLE_DROPS
 from lorainbox.pipeline.jobs import Job, State
+from lorainbox.pipeline.results import trained_text
 from lorainbox.ui.progress import ProgressView
 
 if TYPE_CHECKING:
@@ -193,6 +194,10 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
 
     gguf = job.folder / GGUF
     console.print(f"Results: {job.folder}")
+    trained = job.result.get("trained", {})
+    if how := trained_text(trained):
+        why = f", because {trained['engine_reason']}" if trained.get("engine_reason") else ""
+        console.print(f"Trained: {how}{why}", markup=False)
     for name in (GGUF, MODELFILE, REPORT, LOSS_PNG, ADAPTERS_DIR, TRAIN_LOG):
         mark = "✓" if (job.folder / name).exists() else "✗"
         console.print(f"  {mark} {name}")

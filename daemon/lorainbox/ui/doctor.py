@@ -47,6 +47,14 @@ def _torch() -> Check:
     return (True, f"{torch.__version__}, {device}")
 
 
+def _engine() -> Check:
+    """What ``trainer = "auto"`` trains language models with here, and why."""
+    from lorainbox.trainers.engine import choose_engine
+
+    choice = choose_engine("auto")
+    return (True, f"{choice.name} for language models: {choice.reason}")
+
+
 def _module(name: str, fix: str) -> Callable[[], Check]:
     def check() -> Check:
         ok = importlib.util.find_spec(name) is not None
@@ -190,6 +198,7 @@ def run_checks(settings: Settings, console: Console) -> bool:
         ("Python", _python),
         ("MLX", _mlx),
         ("PyTorch", _torch),
+        ("Engine", _engine),
         ("transformers", _module("transformers", "`pip install transformers`")),
         ("PEFT", _module("peft", "`pip install peft` (PyTorch LLM trainer)")),
         ("diffusers", _module("diffusers", "`pip install diffusers` (Stable Diffusion trainer)")),

@@ -32,6 +32,7 @@ from lorainbox.trainers.base import (
     TrainContext,
     Trainer,
 )
+from lorainbox.trainers.engine import choose_engine, is_apple_silicon, quantized_for_mlx
 from lorainbox.worker.launch import spreads, train_spread
 from lorainbox.worker.outcome import EXIT_DROP_ERROR, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PAUSED
 from lorainbox.worker.spec import JobSpec, disk_full_while, initial_footprint, is_disk_full
@@ -40,25 +41,36 @@ from lorainbox.worker.trainlog import Narrator
 log = logging.getLogger(__name__)
 
 
-def pick_trainer(recipe: Recipe) -> Trainer:
-    """MLX for language models where it runs, PyTorch otherwise and for diffusion."""
+def pick_trainer(recipe: Recipe, base: Path | None = None) -> Trainer:
+    """The engine :func:`choose_trainer` picks, without its reason."""
+    return choose_trainer(recipe, base)[0]
+
+
+def choose_trainer(recipe: Recipe, base: Path | None = None) -> tuple[Trainer, str]:
+    """The trainer for the recipe on this machine, and why (see ``trainers.engine``): MLX on
+    Apple Silicon, PyTorch with CUDA or on the CPU elsewhere, diffusers for diffusion."""
     if recipe.kind == "diffusion":
         from lorainbox.trainers.diffusion import DiffusionTrainer
 
-        return DiffusionTrainer()
-    if recipe.trainer in ("auto", "mlx") and _mlx_available():
+        return DiffusionTrainer(), "Stable Diffusion trains with diffusers on PyTorch"
+    # MLX is tried only where it could be chosen: importing it pulls mlx-lm and transformers.
+    mlx_usable = recipe.trainer == "mlx" or (
+        recipe.trainer == "auto" and (is_apple_silicon() or quantized_for_mlx(base))
+    )
+    choice = choose_engine(recipe.trainer, base, mlx_usable=mlx_usable and _mlx_available())
+    if choice.name == "mlx":
+        if not _mlx_available():
+            raise DropError.one(
+                "the recipe asks for the MLX trainer, but MLX cannot run on this machine",
+                "recipe.toml, `trainer`",
+                'set trainer = "auto" or "torch" (MLX needs Apple Silicon, or Linux with mlx[cpu])',
+            )
         from lorainbox.trainers.mlx import MLXTrainer
 
-        return MLXTrainer()
-    if recipe.trainer == "mlx":
-        raise DropError.one(
-            "the recipe asks for the MLX trainer, but MLX cannot run on this machine",
-            "recipe.toml, `trainer`",
-            'set trainer = "auto" or "torch" (MLX needs Apple Silicon, or Linux with mlx[cpu])',
-        )
+        return MLXTrainer(), choice.reason
     from lorainbox.trainers.torch_llm import TorchLLMTrainer
 
-    return TorchLLMTrainer()
+    return TorchLLMTrainer(), choice.reason
 
 
 def _mlx_available() -> bool:
@@ -145,17 +157,22 @@ def run(job_dir: Path, emitter: Emitter, stop: StopFlag) -> int:
     if spec.recipe.kind == "llm":
         base = resolve_base_model(spec.recipe.base_model, job_dir)
         check_model_dir(base)
-    trainer = pick_trainer(spec.recipe)
+    trainer, engine_reason = choose_trainer(spec.recipe, base)
     if base is not None and not done_marker.exists():
         footprint = plan_memory(spec, job_dir, base, emitter)
     ctx = context(spec, job_dir, emitter, stop, footprint, base)
     if not done_marker.exists():
-        emitter.emit("stage", stage="training", trainer=trainer.name)
+        emitter.emit("stage", stage="training", trainer=trainer.name, reason=engine_reason)
         if spreads(spec.recipe.distributed):
             result = train_spread(ctx, trainer.name, stop)
         else:
             result = trainer.train(ctx)
-        trained = {"steps": result.steps, "adapter": str(result.adapter_dir), **result.extra}
+        trained = {
+            "steps": result.steps,
+            "adapter": str(result.adapter_dir),
+            "engine_reason": engine_reason,
+            **result.extra,
+        }
         done_marker.write_text(json.dumps(trained))
         emitter.emit("trained", **trained)
     recipe = spec.recipe

@@ -64,7 +64,8 @@ class Narrator:
             case "footprint":
                 return _footprint(f)
             case "stage" if f.get("stage") == "training":
-                return f"training with {f.get('trainer')}"
+                why = f" ({f['reason']})" if f.get("reason") else ""
+                return f"training with {f.get('trainer')}{why}"
             case "stage":
                 return str(f.get("stage"))
             case "checkpoint":
