@@ -184,6 +184,23 @@ def test_learns_a_fact_fuses_and_converts_to_gguf(tiny_hf: Path, tmp_path: Path)
     assert gguf_replier(info.path, 24)(FACT["messages"][:1]) == ANSWER
 
 
+def test_a_qwen2_style_tokenizer_learns_and_its_gguf_answers(tmp_path: Path) -> None:
+    """Byte-level BPE with Qwen2's pre-tokenizer, on a Qwen2 model: the worker's whole export."""
+    from lorainbox.export.answers import gguf_replier
+    from lorainbox.models.base import tiny_model
+    from lorainbox.worker.main import export
+
+    qwen = tiny_model("tiny-qwen2")
+    ctx, _ = make_ctx(tmp_path / "job", qwen)
+    ctx.base_model_dir = qwen
+    trainer = TorchLLMTrainer()
+    trainer.train(ctx)
+    export(trainer, ctx, qwen)
+    check = json.loads((ctx.job_dir / ".lorainbox" / "samples.json").read_text())
+    assert check[0]["after"] == check[0]["gguf"] == ANSWER, check
+    assert gguf_replier(ctx.job_dir / "model.gguf", 24)(FACT["messages"][:1]) == ANSWER
+
+
 def test_training_ids_are_the_ones_the_export_checks(tiny_hf: Path) -> None:
     from lorainbox.export.tokens import Sample, training_ids
     from transformers import AutoTokenizer
