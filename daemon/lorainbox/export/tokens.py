@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +57,20 @@ def load_tokenizer(model_dir: Path) -> Any:
 def read_samples(
     files: Iterable[Path], has_template: bool, limit: int = SAMPLE_SIZE
 ) -> list[Sample]:
-    """Up to ``limit`` examples of the drop; each chat also as the prompt that is served."""
-    found: list[Sample] = []
+    """Up to ``limit`` distinct examples of the drop; each chat also as the prompt served."""
+    found: dict[str, Sample] = {}
     for file in files:
         if not Path(file).is_file():
             continue
         for line in Path(file).read_text(encoding="utf-8").splitlines():
             if len(found) >= limit:
-                return found
+                return list(found.values())
             try:
-                found += _samples_of(json.loads(line), has_template)
+                samples = _samples_of(json.loads(line), has_template)
             except (ValueError, TypeError, KeyError, AttributeError):
                 continue
-    return found
+            found.update((json.dumps(asdict(s), sort_keys=True), s) for s in samples)
+    return list(found.values())
 
 
 def _samples_of(row: dict[str, Any], has_template: bool) -> list[Sample]:
