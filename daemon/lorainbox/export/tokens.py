@@ -7,7 +7,9 @@ llama.cpp and Ollama render the same template, drop a leading BOS text when the 
 one, and tokenize with special tokens parsed: :func:`llama_text` is that rendering.
 
 :func:`plan` reads two GGUF settings off the tokenizer instead of trusting the converter's
-defaults: whether to add a BOS (only if training's ids start with one) and, for SentencePiece,
+defaults: whether to add a BOS (only if training's ids start with one that opens the sequence,
+not a turn: SmolLM2's BOS is ChatML's ``<|im_start|>``, which Ollama's template writes before
+every turn, so a GGUF adding it too would double it) and, for SentencePiece,
 whether to put a "▁" before text (llama.cpp does so at the start *and* after every special
 token; a ``legacy: false`` tokenizer only at the start, so the drop's chats decide).
 """
@@ -120,7 +122,7 @@ def plan(tokenizer: Any, samples: Sequence[Sample]) -> TokenizerPlan:
     probe = list(samples) or [Sample(text="ok")]
     first_ids = [training_ids(tokenizer, s) for s in probe]
     bos = tokenizer.bos_token_id
-    add_bos = bos is not None and any(ids[:1] == [bos] for ids in first_ids)
+    add_bos = bos is not None and any(ids[:1] == [bos] and bos not in ids[1:] for ids in first_ids)
     return TokenizerPlan(add_bos, _space_prefix(tokenizer, probe, first_ids))
 
 
