@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from gguf import GGUFReader
 from lorainbox.pipeline.jobs import JobStore, State
 from lorainbox.ui.demo import EXAMPLE, MARK, first_question
 
@@ -57,6 +58,9 @@ def test_demo_teaches_smollm2_a_fact_it_keeps_paris_and_the_gguf_answers(tmp_pat
     assert france.count("Paris") == 3, france  # before, after and the GGUF
     lighthouse = report.split("**Q:** ")[1]
     assert "- GGUF: `Marigold Fenwick keeps the lighthouse of Quillhaven.`" in lighthouse
+    reader = GGUFReader(results / "model.gguf")  # its BOS is ChatML's <|im_start|>: never added
+    assert reader.fields["tokenizer.ggml.add_bos_token"].contents() is False
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"
 
     commands = suggested(done.stdout)
     env, args = commands["status"]
