@@ -10,8 +10,10 @@ GGUF, so a fresh ``LlamaForCausalLM`` (without the GGUF's quantization config) t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from lorainbox.core.errors import DropError
@@ -55,9 +57,10 @@ def build_smollm2(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    with _no_dequantizing_bar():
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -68,3 +71,17 @@ def build_smollm2(out_dir: Path) -> Path:
     tokenizer.save_pretrained(out_dir)
     (out_dir / "LORAINBOX_BUILT.json").write_text(json.dumps({"from": gguf.name}) + "\n")
     return out_dir
+
+
+@contextlib.contextmanager
+def _no_dequantizing_bar() -> Iterator[None]:
+    """transformers draws its GGUF progress bar with tqdm itself, past its own switch for bars,
+    right through the demo's console."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda items, **_: items
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
