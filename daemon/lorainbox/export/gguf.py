@@ -9,6 +9,7 @@ has been read back and checked: a half-written file never looks finished.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -52,6 +53,8 @@ _TURN_MARKERS = (
     "<|end|>",
 )
 """Special tokens that open or close a chat turn; a reply must stop at any that the template uses."""
+
+log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float | None], None]
 
@@ -189,7 +192,11 @@ def _self_check(hf_dir: Path, gguf: Path, tokenizer: Any, samples: list[Sample])
     weights = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))
     if weights > LOGIT_CHECK_MAX_BYTES:
         return check
-    diff, same = compare_logits(hf_dir, gguf, training_ids(tokenizer, samples[-1]))
+    try:
+        diff, same = compare_logits(hf_dir, gguf, training_ids(tokenizer, samples[-1]))
+    except RuntimeError:
+        log.exception("could not compare the logits of the model and its GGUF")
+        return check
     return replace(check, max_logit_diff=round(diff, 4), same_next_token=same)
 
 

@@ -11,7 +11,10 @@ the largest difference goes into the job's result (a quantized GGUF differs more
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,21 +91,42 @@ def _mismatch(
 
 def compare_logits(hf_dir: Path, gguf: Path, ids: Sequence[int]) -> tuple[float, bool]:
     """Largest absolute difference of the logits at the last few positions of ``ids``, and
-    whether both pick the same next token."""
+    whether both pick the same next token. Run in a child process: an MLX worker has told
+    transformers that torch is absent, and the whole model loads once more, then goes."""
+    args = [sys.executable, "-m", "lorainbox.export.selfcheck", str(hf_dir), str(gguf)]
+    done = subprocess.run(
+        [*args, json.dumps(list(ids))], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"comparing logits failed: {done.stderr.strip()[-2000:]}")
+    diff, same = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(diff), bool(same)
+
+
+def _logits_difference(hf_dir: Path, gguf: Path, ids: list[int]) -> tuple[float, bool]:
     import numpy as np
     import torch
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
 
+    torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     with torch.no_grad():
-        hf = model(torch.tensor([list(ids)])).logits[0].numpy()
+        hf = model(torch.tensor([ids])).logits[0].numpy()
     del model
     with quiet_llama():
         llm = Llama(str(gguf), n_ctx=max(64, len(ids) + 8), logits_all=True, verbose=False)
-    llm.eval(list(ids))
+    llm.eval(ids)
     ours = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
     n = min(LOGIT_POSITIONS, len(ids))
     diff = float(np.abs(hf[-n:] - ours[-n:]).max())
     return diff, bool(hf[-1].argmax() == ours[-1].argmax())
+
+
+if __name__ == "__main__":
+    print(
+        json.dumps(
+            _logits_difference(Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]))
+        )
+    )
