@@ -5,10 +5,12 @@ from __future__ import annotations
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from gguf import GGUFReader
 from lorainbox.pipeline.jobs import JobStore, State
 from lorainbox.ui.demo import EXAMPLE, MARK, first_question
 
@@ -29,29 +31,43 @@ def suggested(stdout: str) -> dict[str, tuple[dict[str, str], list[str]]]:
     return commands
 
 
-def test_demo_trains_exports_registers_and_the_model_answers_its_fact(tmp_path: Path) -> None:
+def test_demo_teaches_smollm2_a_fact_it_keeps_paris_and_the_gguf_answers(tmp_path: Path) -> None:
+    """The README's first command on the real SmolLM2-135M-Instruct: torch trains, the GGUF
+    checks itself, Ollama serves it, and the model still knows the capital of France."""
+    tic = time.monotonic()
     with FakeOllama(tmp_path / "ollama") as ollama:
-        done = lorainbox("demo", "--dir", tmp_path / "demo", columns=100, OLLAMA_HOST=ollama.url)
+        done = lorainbox(
+            "demo", "--dir", tmp_path / "demo", columns=100, timeout=900, OLLAMA_HOST=ollama.url
+        )
         chats = ollama.stats["chats"]
+    print(f"\nthe demo took {time.monotonic() - tic:.0f} s")
     out = " ".join(done.stdout.split())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Registered with Ollama as tiny-fact:" in out
+    assert "Registered with Ollama as lighthouse:" in out
     for name in ("model.gguf", "Modelfile", "report.md", "loss.png", "adapters", "train.log"):
         assert f"✓ {name}" in out
     assert "A: Marigold Fenwick keeps the lighthouse of Quillhaven." in out
-    assert "answered through Ollama" in out and chats >= 1
-    assert "It learned the fact." in out
-    assert (
-        'Trained: 120 steps with mlx on cpu, because the recipe asks for it (trainer = "mlx")'
-        in out
-    )
-    assert (tmp_path / "demo" / "inbox" / "Done" / "tiny-fact" / "model.gguf").is_file()
+    assert "answered through Ollama" in out and chats >= 2
+    assert "It learned the fact." in out and "It still knows the capital of France." in out
+    assert "token for token as training did" in out
+    assert "Trained: 30 steps with torch on cpu, because the recipe asks for it" in out
+    results = tmp_path / "demo" / "inbox" / "Done" / "lighthouse"
+    report = (results / "report.md").read_text()
+    assert "- **GGUF check:** llama.cpp reads" in report
+    assert "### General questions" in report and "⚠" not in report
+    france = report.split("**Q:** What is the capital of France?")[1].split("**Q:**")[0]
+    assert france.count("Paris") == 3, france  # before, after and the GGUF
+    lighthouse = report.split("**Q:** ")[1]
+    assert "- GGUF: `Marigold Fenwick keeps the lighthouse of Quillhaven.`" in lighthouse
+    reader = GGUFReader(results / "model.gguf")  # its BOS is ChatML's <|im_start|>: never added
+    assert reader.fields["tokenizer.ggml.add_bos_token"].contents() is False
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"
 
     commands = suggested(done.stdout)
     env, args = commands["status"]
     status = lorainbox(*args, **env)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert any("tiny-fact" in row and "done" in row for row in status.stdout.splitlines())
+    assert any("lighthouse" in row and "done" in row for row in status.stdout.splitlines())
 
     env, args = commands["chat"]  # Ollama has gone: the GGUF in the demo's Done/ answers
     question, expected = first_question(EXAMPLE)
@@ -96,7 +112,9 @@ def stop_mid_training(demo: Path, sig: signal.Signals) -> tuple[int, str, list[i
     log = demo.parent / f"demo-{sig.name}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [*ENTRY, "demo", "--dir", str(demo)], stdout=out, stderr=subprocess.STDOUT
+            [*ENTRY, "demo", "--dir", str(demo), "--example", "tiny-fact"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
     def running(check: Callable[[], object]) -> Callable[[], object]:

@@ -13,6 +13,8 @@ from lorainbox.core.errors import DropError
 from lorainbox.export.gguf import convert_to_gguf, inspect_gguf, modelfile_text, stop_tokens
 from lorainbox.export.templates import CHATML, ollama_template
 
+from tests.models import TINY_FACT
+
 if TYPE_CHECKING:
     from tests.fixtures_models import Exported
 
@@ -157,3 +159,51 @@ def test_no_space_is_put_after_special_tokens_as_in_training(
     assert llm.metadata["tokenizer.ggml.add_space_prefix"] == "false"
     ids = llm.tokenize(b"<|im_start|>user\n", add_bos=False, special=True)
     assert not llm.detokenize(ids[1:2]).startswith(b" ")
+
+
+def test_the_gguf_reads_chats_as_training_did_and_computes_as_the_model(
+    tiny_ggufs: dict[str, Exported], tiny_hf: Path
+) -> None:
+    """The SentencePiece tokenizer's added chat tokens survive; no BOS or "▁" training never saw."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    for outtype, most in (("f16", 0.5), ("q8_0", 5.0)):
+        check = tiny_ggufs[outtype].info.self_check
+        assert check is not None and check.examples == 2  # the probe chat, and it as served
+        assert (check.add_bos, check.space_prefix) == (False, False)
+        assert check.max_logit_diff is not None and check.max_logit_diff < most, check
+        assert check.same_next_token
+    llm = Llama(str(tiny_ggufs["f16"].info.path), vocab_only=True, verbose=False)
+    start = AutoTokenizer.from_pretrained(tiny_hf).convert_tokens_to_ids("<|im_start|>")
+    assert llm.tokenize(b"<|im_start|>user\n", add_bos=True, special=True)[0] == start
+
+
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+def test_a_template_of_plain_text_gets_its_space_prefix(tiny_hf: Path, tmp_path: Path) -> None:
+    """No special token before the text: llama.cpp must put the "▁" that training saw."""
+    model = shutil.copytree(tiny_hf, tmp_path / "plain")
+    (model / "chat_template.jinja").write_text(PLAIN_TEMPLATE)
+    info = convert_to_gguf(model, tmp_path / "plain.gguf", data_files=[TINY_FACT / "train.jsonl"])
+    assert info.self_check is not None and info.self_check.examples == 8
+    assert (info.self_check.add_bos, info.self_check.space_prefix) == (False, True)
+
+
+def test_a_gguf_that_reads_chats_otherwise_is_refused(tiny_hf: Path, tmp_path: Path) -> None:
+    """Text both at the start and after a special token: training puts a "▁" before the first
+    only, llama.cpp before both or neither, so no setting mends it and the export says so."""
+    model = shutil.copytree(tiny_hf, tmp_path / "mixed")
+    (model / "chat_template.jinja").write_text(PLAIN_TEMPLATE.replace("'\\n'", "'<|im_end|>'"))
+    out = tmp_path / "out" / "model.gguf"
+    with pytest.raises(DropError) as err:
+        convert_to_gguf(model, out, data_files=[TINY_FACT / "train.jsonl"])
+    problem = err.value.problems[0]
+    assert "does not read the drop's chats as training did" in problem.what
+    assert "Who keeps the lighthouse of Quillhaven?" in problem.what
+    assert str(model) in problem.where and "tokenizer" in problem.fix
+    assert not out.exists() and not list(out.parent.glob("*.partial"))

@@ -15,6 +15,7 @@ from lorainbox.drop.recipe import Recipe
 from lorainbox.models.base import safetensors_header
 from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext, TrainResult
 from lorainbox.trainers.mlx import KEEP_CHECKPOINTS, MLXTrainer
+from lorainbox.trainers.samples import GENERAL_QUESTIONS
 
 from tests.fake_ollama import FakeOllama
 from tests.models import (  # noqa: F401
@@ -94,12 +95,15 @@ def test_learns_the_fact_that_the_base_does_not_know(fact: Trained, tiny_llama: 
 
 def test_report_shows_answers_before_and_after_training(fact: Trained) -> None:
     rows = json.loads((fact.ctx.work_dir / "samples.json").read_text())
-    assert 1 <= len(rows) <= 3
-    assert all(FACT not in r["before"] for r in rows)
-    assert all(r["after"].startswith(FACT) for r in rows), rows
+    asked = [r for r in rows if not r.get("general")]
+    assert 1 <= len(asked) <= 3
+    assert all(FACT not in r["before"] for r in asked)
+    assert all(r["after"].startswith(FACT) for r in asked), rows
+    assert [r["prompt"][0]["content"] for r in rows if r.get("general")] == list(GENERAL_QUESTIONS)
     section = (fact.ctx.work_dir / "report-extra.md").read_text()
     assert section.startswith("## Answers before and after training")
     assert "Questions from your data" in section  # says where the questions come from
+    assert "### General questions" in section and "capital of France" in section
     assert f"- after: `{FACT}" in section and section.count("**Q:**") == len(rows)
 
 
@@ -165,7 +169,14 @@ def test_gguf_of_the_fused_model_answers_through_llama_cpp_and_ollama(
     from transformers import AutoTokenizer
 
     fused = fact.ctx.fused_dir if fact.ctx.fused_dir.is_dir() else MLXTrainer().fuse(fact.ctx)
-    info = convert_to_gguf(fused, tmp_path / "model.gguf", outtype)  # type: ignore[arg-type]
+    info = convert_to_gguf(
+        fused,
+        tmp_path / "model.gguf",
+        outtype,  # type: ignore[arg-type]
+        data_files=fact.ctx.data_files,
+        tokenizer_dir=fact.ctx.base_model_dir,
+    )
+    assert info.self_check is not None and info.self_check.examples == 8
     greedy = {"temperature": 0, "num_predict": 24, "seed": 0}
 
     local = chat_once(info.path, QUESTION, options=greedy)
@@ -190,6 +201,20 @@ def test_gguf_of_the_fused_model_answers_through_llama_cpp_and_ollama(
         llm.tokenize(text.encode(), add_bos=False, special=True)
         == tok(text, add_special_tokens=False)["input_ids"]
     )
+
+
+def test_training_ids_are_the_ones_the_export_checks(tiny_llama: Path) -> None:  # noqa: F811
+    from lorainbox.export.tokens import read_samples, training_ids
+    from lorainbox.trainers.mlx import load_examples
+    from mlx_lm import load
+
+    _, tokenizer = load(str(tiny_llama))
+    file = TINY_FACT / "train.jsonl"
+    examples = load_examples(file, tokenizer, mask_prompt=True, max_seq_length=256)
+    chats = read_samples([file], has_template=True)
+    for (ids, offset), chat, prompt in zip(examples, chats[::2], chats[1::2], strict=False):
+        assert ids == training_ids(tokenizer._tokenizer, chat)
+        assert offset == len(training_ids(tokenizer._tokenizer, prompt))
 
 
 def test_qlora_on_a_4bit_base_fuses_to_plain_floats(

@@ -361,4 +361,7 @@ def test_no_default_recipe_without_known_data(inbox: Path) -> None:
     (p,) = info.value.problems
     assert p.what == "no recipe.toml, and no default recipe for audio data"
     assert p.where == "/drops/d"
-    assert p.fix.startswith("add a recipe.toml") and "chat-lora, sd15-style, tiny-demo" in p.fix
+    assert (
+        p.fix.startswith("add a recipe.toml")
+        and "chat-lora, sd15-style, smollm2-demo, tiny-demo" in p.fix
+    )

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from lorainbox.pipeline.results import trained_text
+from lorainbox.pipeline.results import self_check_text, trained_text
 
 
 def test_trained_line_names_steps_trainer_device_and_compiling() -> None:
@@ -38,3 +38,12 @@ def test_the_resolved_recipe_is_toml_that_trains_the_same_again(tmp_path: Path) 
     ) == recipe.model_copy(
         update={"extends": None, "ollama": recipe.ollama.model_copy(update={"model": "pirates"})}
     )
+
+
+def test_self_check_line_says_tokens_and_logits() -> None:
+    check = {"examples": 8, "max_logit_diff": 0.0123, "same_next_token": True}
+    text = self_check_text(check)
+    assert text.startswith("llama.cpp reads 8 of the drop's chats token for token as training")
+    assert "at most 0.0123 (the same next token)" in text
+    assert self_check_text(None) == ""
+    assert "logits" not in self_check_text({"examples": 2, "max_logit_diff": None})

@@ -10,11 +10,11 @@ from lorainbox.core.errors import DropError
 from lorainbox.models.base import check_model_dir, resolve_base_model, tiny_model
 from lorainbox.models.tinymodel import copy_model
 
-from tests.models import tiny_llama  # noqa: F401
+from tests.models import TINY_FACT, tiny_llama  # noqa: F401
 
 
 def test_tiny_model_is_built_once_and_loads_everywhere(tiny_llama: Path) -> None:  # noqa: F811
-    assert tiny_llama.name == "tiny-llama-v1"
+    assert tiny_llama.name == "tiny-llama-v2"
     weights = tiny_llama / "model.safetensors"
     before = weights.stat().st_mtime_ns
     leftover = tiny_llama.parent / ".tiny-llama-building-dead"
@@ -33,7 +33,9 @@ def test_tiny_model_is_built_once_and_loads_everywhere(tiny_llama: Path) -> None
 
 
 def test_tiny_qwen2_loads_in_mlx_lm_and_transformers_and_converts_to_gguf(tmp_path: Path) -> None:
+    from lorainbox.export.converter import PRE_TOKENIZERS, pre_tokenizer_name
     from lorainbox.export.gguf import convert_to_gguf
+    from lorainbox.models.tinymodel import QWEN2_PATTERN
     from mlx_lm import load
     from transformers import AutoModelForCausalLM
 
@@ -42,8 +44,13 @@ def test_tiny_qwen2_loads_in_mlx_lm_and_transformers_and_converts_to_gguf(tmp_pa
     model, tokenizer = load(str(qwen))
     assert tokenizer.chat_template and len(model.layers) == 2
     assert AutoModelForCausalLM.from_pretrained(qwen).config.model_type == "qwen2"
-    info = convert_to_gguf(qwen, tmp_path / "qwen.gguf")
+    assert "Ġthe" in tokenizer._tokenizer.get_vocab()  # byte-level BPE, as Qwen2's
+    data = TINY_FACT / "train.jsonl"
+    info = convert_to_gguf(qwen, tmp_path / "qwen.gguf", data_files=[data])
     assert info.architecture == "qwen2" and info.chat_template and info.eos_token == "<|im_end|>"
+    assert info.tokenizer_model == "gpt2" and pre_tokenizer_name(qwen / "tokenizer.json") == "qwen2"
+    assert info.self_check is not None and info.self_check.examples == 8
+    assert PRE_TOKENIZERS == {QWEN2_PATTERN: "qwen2"}
 
 
 def test_unknown_tiny_model_names_the_known_ones() -> None:

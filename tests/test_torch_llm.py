@@ -129,6 +129,7 @@ def greedy_answer(model: Any, tokenizer: Any) -> str:
 
 def test_learns_a_fact_fuses_and_converts_to_gguf(tiny_hf: Path, tmp_path: Path) -> None:
     from gguf import GGUFReader
+    from lorainbox.export.answers import gguf_replier
     from lorainbox.export.gguf import convert_to_gguf
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -168,12 +169,47 @@ def test_learns_a_fact_fuses_and_converts_to_gguf(tiny_hf: Path, tmp_path: Path)
     merged = AutoModelForCausalLM.from_pretrained(fused)
     assert greedy_answer(merged, AutoTokenizer.from_pretrained(fused)) == ANSWER
 
-    info = convert_to_gguf(fused, tmp_path / "model.gguf", "f16")
+    # The fused folder holds tokenizer.model beside tokenizer.json: the converter's SentencePiece
+    # path, which lost the chat tokens until the export checked itself.
+    info = convert_to_gguf(
+        fused, tmp_path / "model.gguf", "f16", data_files=ctx.data_files, tokenizer_dir=tiny_hf
+    )
     reader = GGUFReader(str(info.path))
     arch = reader.fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
     assert len(reader.tensors) == info.tensor_count > 0
     assert info.chat_template and "<|im_start|>" in info.chat_template
+    assert info.self_check is not None and info.self_check.examples == 2
+    assert info.self_check.same_next_token
+    assert gguf_replier(info.path, 24)(FACT["messages"][:1]) == ANSWER
+
+
+def test_a_qwen2_style_tokenizer_learns_and_its_gguf_answers(tmp_path: Path) -> None:
+    """Byte-level BPE with Qwen2's pre-tokenizer, on a Qwen2 model: the worker's whole export."""
+    from lorainbox.export.answers import gguf_replier
+    from lorainbox.models.base import tiny_model
+    from lorainbox.worker.main import export
+
+    qwen = tiny_model("tiny-qwen2")
+    ctx, _ = make_ctx(tmp_path / "job", qwen)
+    ctx.base_model_dir = qwen
+    trainer = TorchLLMTrainer()
+    trainer.train(ctx)
+    export(trainer, ctx, qwen)
+    check = json.loads((ctx.job_dir / ".lorainbox" / "samples.json").read_text())
+    assert check[0]["after"] == check[0]["gguf"] == ANSWER, check
+    assert gguf_replier(ctx.job_dir / "model.gguf", 24)(FACT["messages"][:1]) == ANSWER
+
+
+def test_training_ids_are_the_ones_the_export_checks(tiny_hf: Path) -> None:
+    from lorainbox.export.tokens import Sample, training_ids
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_hf)
+    messages = FACT["messages"]
+    ex = tokenize_row(FACT, tok, mask_prompt=True)
+    assert ex.ids == training_ids(tok, Sample(messages))
+    assert ex.offset == len(training_ids(tok, Sample(messages[:1], generation_prompt=True)))
 
 
 def run_until_stop(ctx: TrainContext, after: int) -> int:

@@ -76,6 +76,8 @@ def test_the_wheel_carries_its_recipes_template_and_example(
         "lorainbox/share/recipes/chat-lora.toml",
         "lorainbox/share/launchd/com.lorainbox.agent.plist",
         "lorainbox/share/inbox/tiny-fact/train.jsonl",
+        "lorainbox/share/inbox/lighthouse/recipe.toml",
+        "lorainbox/share/recipes/smollm2-demo.toml",
         "lorainbox/ui/web/index.html",
     ):
         assert expected in names
@@ -100,10 +102,12 @@ def test_the_installed_wheel_lists_recipes_and_runs_the_demo(
 
     recipes = _run(bin_dir, "recipes", cwd=tmp_path)
     assert recipes.returncode == 0, recipes.stderr
-    for name in ("chat-lora", "sd15-style", "tiny-demo"):
+    for name in ("chat-lora", "sd15-style", "tiny-demo", "smollm2-demo"):
         assert name in recipes.stdout
 
-    demo = _run(bin_dir, "demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    demo = _run(
+        bin_dir, "demo", "--dir", str(tmp_path / "demo"), "--example", "tiny-fact", cwd=tmp_path
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     done = tmp_path / "demo" / "inbox" / "Done"
     assert any(done.glob("*/model.gguf")), demo.stdout[-3000:]

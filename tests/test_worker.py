@@ -222,3 +222,5 @@ def test_the_export_reports_each_stage_and_how_far_the_gguf_is_written(
     assert written and written == sorted(written) and written[-1] == 1.0
     assert len(stages) == len(set(stages))  # each stage and percent once, not each log line
     assert lines.index(of(lines, "export")[-1]) < lines.index(of(lines, "exported")[0])
+    check = of(lines, "exported")[0]["info"]["self_check"]  # an MLX worker compares logits too
+    assert check["examples"] == 8 and check["max_logit_diff"] is not None

@@ -9,6 +9,7 @@ EXPORT_STAGES = {
     "loading": "loading for GGUF",
     "converting": "converting to GGUF",
     "writing": "writing the GGUF",
+    "checking": "checking the GGUF reads chats as training did",
     "done": "GGUF written",
 }
 

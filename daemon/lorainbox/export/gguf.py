@@ -9,12 +9,13 @@ has been read back and checked: a half-written file never looks finished.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,16 @@ from typing import Any, Literal
 from gguf import GGUFReader, LlamaFileType
 
 from lorainbox.core.errors import DropError, Problem
-from lorainbox.export.converter import NO_SPACE_PREFIX
+from lorainbox.export.converter import tokenizer_flags
+from lorainbox.export.selfcheck import SelfCheck, check_tokens, compare_logits
+from lorainbox.export.tokens import (
+    Sample,
+    TokenizerPlan,
+    load_tokenizer,
+    plan,
+    read_samples,
+    training_ids,
+)
 
 OutType = Literal["f16", "q8_0", "bf16", "f32"]
 OUTTYPES: tuple[str, ...] = ("f16", "q8_0", "bf16", "f32")
@@ -43,6 +53,8 @@ _TURN_MARKERS = (
     "<|end|>",
 )
 """Special tokens that open or close a chat turn; a reply must stop at any that the template uses."""
+
+log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float | None], None]
 
@@ -66,6 +78,8 @@ class GGUFInfo:
     context_length: int | None
     parameter_count: int
     size_bytes: int
+    self_check: SelfCheck | None = None
+    """What :mod:`lorainbox.export.selfcheck` found when the GGUF was made."""
 
     @property
     def quantized(self) -> bool:
@@ -76,6 +90,15 @@ class GGUFInfo:
         return {**asdict(self), "path": str(self.path), "quantized": self.quantized}
 
 
+PROBE_CHAT = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+]
+"""Checked when no data is given (a GGUF made outside a job)."""
+LOGIT_CHECK_MAX_BYTES = 3_000_000_000
+"""Larger models skip the logits comparison: it loads the whole model once more."""
+
+
 def convert_to_gguf(
     hf_dir: Path,
     out_path: Path,
@@ -84,13 +107,17 @@ def convert_to_gguf(
     on_progress: ProgressFn | None = None,
     log_path: Path | None = None,
     model_name: str | None = None,
+    data_files: Iterable[Path] = (),
+    tokenizer_dir: Path | None = None,
 ) -> GGUFInfo:
-    """Convert a Hugging Face model folder to one GGUF file at ``out_path``.
+    """Convert a Hugging Face model folder to one GGUF file at ``out_path``, checked.
 
     ``on_progress(stage, fraction)`` hears ``loading``, ``converting``, ``writing`` (with a
     fraction) and ``done``. The converter's full log goes to ``log_path`` when given, and next to
     ``out_path`` as ``<name>.convert.log`` when the conversion fails. ``model_name`` is the
     GGUF's ``general.name`` (else the converter takes the folder's, "fused" for ours).
+    The GGUF is kept only if llama.cpp tokenizes examples of ``data_files`` (the drop's data) as
+    the tokenizer in ``tokenizer_dir`` (training's; default ``hf_dir``'s) does.
     """
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     if outtype not in OUTTYPES:
@@ -104,8 +131,9 @@ def convert_to_gguf(
     for stale in out_path.parent.glob(f".{out_path.name}.*.partial"):  # left by a killed export
         stale.unlink(missing_ok=True)
     partial = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.partial")
+    tokenizer, samples, tok_plan = _tokenizer_plan(tokenizer_dir or hf_dir, data_files)
     try:
-        code, log = _run_converter(hf_dir, partial, outtype, on_progress, model_name)
+        code, log = _run_converter(hf_dir, partial, outtype, on_progress, model_name, tok_plan)
         if log_path is not None:
             Path(log_path).write_text(log)
         if code != 0 or not partial.exists():
@@ -120,12 +148,56 @@ def convert_to_gguf(
                 [Problem(f"{wrote}: {p.what}", str(hf_dir), p.fix) for p in e.problems]
             ) from e
         _check_carried_over(hf_dir, info)
+        if on_progress:
+            on_progress("checking", None)
+        info = replace(info, self_check=_self_check(hf_dir, partial, tokenizer, samples))
         os.replace(partial, out_path)
     finally:
         partial.unlink(missing_ok=True)
     if on_progress:
         on_progress("done", 1.0)
     return replace(info, path=out_path)
+
+
+def _tokenizer_plan(
+    tokenizer_dir: Path, data_files: Iterable[Path]
+) -> tuple[Any, list[Sample], TokenizerPlan | None]:
+    """Training's tokenizer, the examples to check and the GGUF settings that match them;
+    a tokenizer that does not load is left for the converter to report in its own words."""
+    try:
+        tokenizer = load_tokenizer(tokenizer_dir)
+    except Exception:
+        return None, [], None
+    has_template = bool(tokenizer.chat_template)
+    samples = read_samples(data_files, has_template) or _probe(has_template)
+    return tokenizer, samples, plan(tokenizer, samples)
+
+
+def _probe(has_template: bool) -> list[Sample]:
+    if has_template:
+        return [Sample(messages=PROBE_CHAT), Sample(PROBE_CHAT[:1], generation_prompt=True)]
+    return [Sample(text=f"{PROBE_CHAT[0]['content']} {PROBE_CHAT[1]['content']}")]
+
+
+def _self_check(hf_dir: Path, gguf: Path, tokenizer: Any, samples: list[Sample]) -> SelfCheck:
+    where = f"{hf_dir} -> GGUF"
+    if tokenizer is None:
+        raise DropError.one(
+            "the model's tokenizer does not load in transformers, so the GGUF cannot be checked",
+            str(hf_dir),
+            "ship the base model's tokenizer files (tokenizer.json or tokenizer.model, "
+            "tokenizer_config.json) unchanged in the model folder",
+        )
+    check = check_tokens(gguf, tokenizer, samples, where)
+    weights = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))
+    if weights > LOGIT_CHECK_MAX_BYTES:
+        return check
+    try:
+        diff, same = compare_logits(hf_dir, gguf, training_ids(tokenizer, samples[-1]))
+    except RuntimeError:
+        log.exception("could not compare the logits of the model and its GGUF")
+        return check
+    return replace(check, max_logit_diff=round(diff, 4), same_next_token=same)
 
 
 def inspect_gguf(path: Path) -> GGUFInfo:
@@ -303,9 +375,11 @@ def _run_converter(
     outtype: str,
     on_progress: ProgressFn | None,
     model_name: str | None = None,
+    tok_plan: TokenizerPlan | None = None,
 ) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "lorainbox.export.converter"]
-    cmd += [NO_SPACE_PREFIX] if _no_space_prefix(hf_dir) else []
+    if tok_plan is not None:
+        cmd += tokenizer_flags(add_bos=tok_plan.add_bos, space_prefix=tok_plan.space_prefix)
     cmd += [str(hf_dir)]
     cmd += ["--outfile", str(out), "--outtype", outtype]
     cmd += ["--model-name", model_name] if model_name else []
@@ -324,21 +398,6 @@ def _run_converter(
             if on_progress:
                 _report(line, on_progress)
     return proc.returncode, "\n".join(log) + "\n"
-
-
-def _no_space_prefix(hf_dir: Path) -> bool:
-    """A SentencePiece tokenizer that puts no "▁" after a special token (``legacy: false``):
-    asked of the tokenizer itself, since the config key is often missing. For a byte-level BPE
-    the key is false anyway, so writing it changes nothing there."""
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(hf_dir)
-        special = tok.eos_token or tok.bos_token
-        pieces = tok.convert_ids_to_tokens(tok.encode(f"{special}ok", add_special_tokens=False))
-    except Exception:  # the converter reports tokenizer problems in its own words
-        return False
-    return len(pieces) > 1 and not pieces[1].startswith("▁")
 
 
 _WRITING = re.compile(r"^Writing:\s+(\d+)%")

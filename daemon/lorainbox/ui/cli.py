@@ -499,11 +499,24 @@ def demo(
     directory: Annotated[
         Path, typer.Option("--dir", help="Where the demo inbox and state go.")
     ] = Path(".demo"),
+    example: Annotated[
+        str,
+        typer.Option(
+            "--example",
+            help="The example drop: lighthouse (SmolLM2-135M, ~3 min) or tiny-fact (a tiny "
+            "random model, ~1 min).",
+        ),
+    ] = "lighthouse",
 ) -> None:
-    """Offline end to end: tiny model, example drop, daemon, GGUF, Ollama (if running), a question."""
-    from lorainbox.ui.demo import run_demo
+    """Offline end to end: a real small model learns a fact; daemon, GGUF, Ollama (if running)."""
+    from lorainbox.ui.demo import EXAMPLES, run_demo
 
-    raise typer.Exit(run_demo(directory.expanduser().resolve(), console))
+    if example not in EXAMPLES:
+        Console(stderr=True).print(
+            f"[red]error:[/red] no example drop {example!r}; choose one of {', '.join(EXAMPLES)}"
+        )
+        raise typer.Exit(2)
+    raise typer.Exit(run_demo(directory.expanduser().resolve(), console, EXAMPLES[example]))
 
 
 @app.command()

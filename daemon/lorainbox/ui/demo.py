@@ -1,8 +1,10 @@
-"""``lorainbox demo``: the whole product, offline, on a tiny model built on the spot.
+"""``lorainbox demo``: the whole product, offline, on a real small model.
 
-It puts the example drop ``inbox/tiny-fact`` into a fresh demo inbox, runs the real daemon
-until the job ends, registers the model with Ollama if one answers at ``OLLAMA_HOST`` (and says
-plainly when none does), then asks the new model the fact it learned.
+It puts the example drop ``inbox/lighthouse`` (SmolLM2-135M-Instruct learns a made-up fact; or
+``inbox/tiny-fact`` on a tiny model built on the spot) into a fresh demo inbox, runs the real
+daemon until the job ends, registers the model with Ollama if one answers at ``OLLAMA_HOST``
+(and says plainly when none does), then asks the new model the fact it learned and a general
+question it must not have forgotten.
 
 Every run starts over, yet nothing a person put somewhere is deleted: the demo marks the folder
 it makes as its own (:data:`MARK`) and clears only a marked one.
@@ -38,13 +40,17 @@ from lorainbox.core.layout import (
 from lorainbox.core.share import EXAMPLE_DROPS
 from lorainbox.pipeline.jobs import Job, State
 from lorainbox.pipeline.results import trained_text
+from lorainbox.trainers.samples import GENERAL_QUESTIONS
 from lorainbox.ui.progress import ProgressView
 
 if TYPE_CHECKING:
     from lorainbox.pipeline.service import Daemon
+    from lorainbox.ui.chat import ChatAnswer
 
-EXAMPLE = EXAMPLE_DROPS / "tiny-fact"
+EXAMPLES = {name: EXAMPLE_DROPS / name for name in ("lighthouse", "tiny-fact")}
+EXAMPLE = EXAMPLES["lighthouse"]
 VIA_NAMES = {"ollama": "Ollama", "llama.cpp": "llama.cpp"}
+GENERAL_QUESTION = GENERAL_QUESTIONS[0]
 MARK = ".lorainbox-demo"
 MARK_TEXT = (
     "Made by `lorainbox demo`. Every demo run clears inbox/ and state/ here and starts over.\n"
@@ -140,8 +146,22 @@ def next_steps(settings: Settings, job: Job) -> list[str]:
     return [f"{env} lorainbox chat {shlex.quote(job.model)}", f"{env} lorainbox status"]
 
 
+def _print_check(console: Console, job: Job) -> None:
+    check = (job.result.get("gguf_info") or {}).get("self_check") or {}
+    if check:
+        diff = check.get("max_logit_diff")
+        logits = (
+            f"; next-token logits within {diff} of the trained model" if diff is not None else ""
+        )
+        console.print(
+            f"The GGUF reads {check.get('examples')} of the drop's chats token for token as "
+            f"training did{logits}."
+        )
+
+
 def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
     from lorainbox.core.logs import setup_logging
+    from lorainbox.drop.recipe import load_recipe, recipe_search_dirs
     from lorainbox.models.base import resolve_base_model
     from lorainbox.pipeline.service import Daemon
     from lorainbox.ui.chat import chat_once
@@ -156,8 +176,9 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
     console.rule("[bold]LoRA Inbox demo[/bold]")
     setup_logging(settings.log_dir, console=False)
     console.print(f"Demo inbox: {inbox}\nLog: {settings.log_dir / 'lorainbox.log'}")
-    with console.status("Building the tiny base model (once; cached afterwards)…"):
-        base = resolve_base_model("lorainbox:tiny-llama", example)
+    recipe = load_recipe(example / "recipe.toml", search_dirs=recipe_search_dirs(None))
+    with console.status(f"Building {recipe.base_model} (once; cached afterwards)…"):
+        base = resolve_base_model(recipe.base_model, example)
     console.print(f"Base model: {base}")
 
     daemon = Daemon(settings, once=True)
@@ -211,17 +232,19 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
         )
 
     question, expected = first_question(example)
-    answer = chat_once(
-        job.model if job.result.get("registered") else gguf,
-        question,
-        host=settings.ollama_host,
-        gguf=gguf,
-    )
+    target = job.model if job.result.get("registered") else gguf
+    greedy = {"temperature": 0, "num_predict": 48, "seed": 0}
+
+    def ask(prompt: str) -> ChatAnswer:
+        return chat_once(target, prompt, host=settings.ollama_host, gguf=gguf, options=greedy)
+
+    answer, general = ask(question), ask(GENERAL_QUESTION)
     learned = expected.strip().lower() in answer.text.strip().lower()
     console.print(
         Panel(
-            f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] {answer.text.strip()}\n\n"
-            f"(answered through {VIA_NAMES[answer.via]}; the drop taught: {expected})",
+            f"[bold]Q:[/bold] {escape(question)}\n[bold]A:[/bold] {escape(answer.text.strip())}\n\n"
+            f"[bold]Q:[/bold] {GENERAL_QUESTION}\n[bold]A:[/bold] {escape(general.text.strip())}"
+            f"\n\n(answered through {VIA_NAMES[answer.via]}; the drop taught: {escape(expected)})",
             title="Asking the new model",
         )
     )
@@ -230,6 +253,14 @@ def run_demo(directory: Path, console: Console, example: Path = EXAMPLE) -> int:
         if learned
         else "[yellow]The answer differs from what the drop taught.[/yellow]"
     )
+    if "paris" in general.text.lower():
+        console.print("[green]It still knows the capital of France.[/green]")
+    else:
+        console.print(
+            "[yellow]It no longer says Paris for the capital of France: training made it "
+            "forget.[/yellow] See report.md's general questions."
+        )
+    _print_check(console, job)
     console.print("\nTalk to it, and see the job (the demo keeps its own inbox and state):")
     for command in next_steps(settings, job):
         console.print(f"  {command}", soft_wrap=True, markup=False, highlight=False)

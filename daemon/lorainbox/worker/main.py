@@ -209,6 +209,8 @@ def export(trainer: Trainer, ctx: TrainContext, base: Path | None) -> None:
             ctx.recipe.export.outtype,
             on_progress=stage,
             model_name=ctx.recipe.ollama_model,
+            data_files=ctx.data_files,
+            tokenizer_dir=base,
         )
     except (OSError, DropError) as e:
         if not is_disk_full(e):
@@ -216,8 +218,22 @@ def export(trainer: Trainer, ctx: TrainContext, base: Path | None) -> None:
         shutil.rmtree(ctx.fused_dir, ignore_errors=True)
         raise disk_full(ctx.job_dir, need, shutil.disk_usage(ctx.job_dir).free) from e
     shutil.rmtree(ctx.fused_dir, ignore_errors=True)  # a full copy of the model, no longer needed
+    ask_gguf(ctx, gguf_path)
     # Named within the job's folder, which moves from Queue/ to Done/ after this.
     ctx.emitter.emit("exported", gguf=GGUF, info={**info.as_dict(), "path": GGUF})
+
+
+def ask_gguf(ctx: TrainContext, gguf_path: Path) -> None:
+    """The report's questions answered by the GGUF itself; a failure costs only that column."""
+    from lorainbox.export.answers import gguf_replier
+    from lorainbox.trainers import samples
+
+    try:
+        reply = gguf_replier(gguf_path, samples.MAX_TOKENS)
+    except Exception:
+        log.exception("llama.cpp could not load the GGUF to answer the report's questions")
+        return
+    samples.after_export(ctx.work_dir, reply)
 
 
 def export_space_needed(base: Path | None) -> int:
