@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 from collections.abc import Callable
@@ -11,8 +12,20 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from lorainbox.core.layout import ADAPTERS_DIR, CHECKPOINTS_DIR
-from lorainbox.drop.recipe import Recipe
+from lorainbox.drop.recipe import Recipe, TrainSpec
 from lorainbox.trainers.distributed import World
+
+DEFAULT_ITERS = 1000
+"""mlx-lm's default when a recipe sets neither ``iters`` nor ``epochs``."""
+
+
+def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
+    """``iters``, or ``epochs`` worth of batches (every engine counts steps this one way)."""
+    if train.iters is not None:
+        return train.iters
+    if train.epochs is not None:
+        return max(1, math.ceil(train.epochs * batches_per_epoch))
+    return DEFAULT_ITERS
 
 
 class Paused(Exception):

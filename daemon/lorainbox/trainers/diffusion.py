@@ -31,7 +31,7 @@ from lorainbox.core.errors import DropError
 from lorainbox.core.layout import SAMPLES_FILE
 from lorainbox.drop.recipe import Recipe
 from lorainbox.trainers import kohya
-from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult
+from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.pace import Pace, rounded
 from lorainbox.trainers.torch_common import (
     GB,
@@ -50,7 +50,6 @@ from lorainbox.trainers.torch_common import (
     save_checkpoint,
     seed_everything,
     setup_device,
-    total_steps,
     training_state,
 )
 

@@ -44,7 +44,14 @@ from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec, Recipe, TrainSpec
 from lorainbox.models.base import check_model_dir, resolve_base_model
 from lorainbox.trainers import samples
-from lorainbox.trainers.base import Emitter, OutOfMemory, Paused, TrainContext, TrainResult
+from lorainbox.trainers.base import (
+    Emitter,
+    OutOfMemory,
+    Paused,
+    TrainContext,
+    TrainResult,
+    total_steps,
+)
 from lorainbox.trainers.memory import MemoryGuard, estimate_for, is_out_of_memory
 from lorainbox.trainers.pace import Pace, rounded
 
@@ -52,7 +59,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-DEFAULT_ITERS = 1000
 """mlx-lm's default when a recipe sets neither iters nor epochs."""
 PAD_MULTIPLE = 8
 KEEP_CHECKPOINTS = 2
@@ -241,14 +247,6 @@ class Position:
         self.index += 1
         if self.index >= batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
-
-
-def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
-    if train.iters is not None:
-        return train.iters
-    if train.epochs is not None:
-        return max(1, math.ceil(train.epochs * batches_per_epoch))
-    return DEFAULT_ITERS
 
 
 def learning_rate(train: TrainSpec, total: int) -> float | Callable[[mx.array], mx.array]:

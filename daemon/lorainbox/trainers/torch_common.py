@@ -299,15 +299,6 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
 
 
-def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
-    """``iters``, or ``epochs`` worth of batches, or mlx-lm's default of 1000 iterations."""
-    if train.iters is not None:
-        return train.iters
-    if train.epochs is not None:
-        return max(1, math.ceil(train.epochs * batches_per_epoch))
-    return 1000
-
-
 # --- randomness --------------------------------------------------------------------------
 
 

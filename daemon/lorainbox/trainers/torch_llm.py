@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec, Recipe, TrainSpec
 from lorainbox.trainers import samples
-from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult
+from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.pace import Pace, rounded
 from lorainbox.trainers.torch_common import (
     DeviceSetup,
@@ -48,7 +48,6 @@ from lorainbox.trainers.torch_common import (
     save_checkpoint,
     seed_everything,
     setup_device,
-    total_steps,
     training_state,
 )
 from lorainbox.trainers.torch_dist import sum_gradients
