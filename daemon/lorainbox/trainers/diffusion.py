@@ -921,8 +921,12 @@ class _Run:
         if which == "before" and all(p.is_file() for p in paths):
             return  # a resumed run keeps the images the untrained model made
         parts, device = self.parts, self.setup.device
-        for module in (parts.vae, *parts.text_encoders):
-            module.to(device)
+        for encoder in parts.text_encoders:
+            encoder.to(device)
+        # In the frozen weights' dtype, whatever encoding the latents left it in: the pipeline
+        # upcasts a VAE that overflows in float16 itself (SDXL's ``force_upcast``), and a VAE in
+        # float32 beside float16 latents it fixes only on MPS.
+        parts.vae.to(device, self.setup.weight_dtype)
         parts.pipe.set_progress_bar_config(disable=True)
         parts.unet.eval()
         for encoder in parts.text_encoders:
