@@ -55,9 +55,10 @@ def test_demo_teaches_smollm2_a_fact_it_keeps_paris_and_the_gguf_answers(tmp_pat
     report = (results / "report.md").read_text()
     assert "- **GGUF check:** llama.cpp reads" in report
     assert "### General questions" in report and "⚠" not in report
-    france = report.split("**Q:** What is the capital of France?")[1].split("**Q:**")[0]
+    answers = report.split("## Answers before and after training")[1]
+    france = answers.split("**Q:** What is the capital of France?")[1].split("**Q:**")[0]
     assert france.count("Paris") == 3, france  # before, after and the GGUF
-    lighthouse = report.split("**Q:** ")[1]
+    lighthouse = answers.split("**Q:** ")[1]
     assert "- GGUF: `Marigold Fenwick keeps the lighthouse of Quillhaven.`" in lighthouse
     reader = GGUFReader(results / "model.gguf")  # its BOS is ChatML's <|im_start|>: never added
     assert reader.fields["tokenizer.ggml.add_bos_token"].contents() is False
