@@ -203,12 +203,16 @@ def test_gguf_of_the_fused_model_answers_through_llama_cpp_and_ollama(
     )
 
 
-def test_training_ids_are_the_ones_the_export_checks(tiny_llama: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-qwen2"])
+def test_training_ids_are_the_ones_the_export_checks(model: str) -> None:
+    """SentencePiece with added chat tokens, and Qwen2's byte-level BPE: mlx-lm's ids are the
+    ones the export's self-check compares llama.cpp's with."""
     from lorainbox.export.tokens import read_samples, training_ids
+    from lorainbox.models.base import tiny_model
     from lorainbox.trainers.mlx import load_examples
     from mlx_lm import load
 
-    _, tokenizer = load(str(tiny_llama))
+    _, tokenizer = load(str(tiny_model(model)))
     file = TINY_FACT / "train.jsonl"
     examples = load_examples(file, tokenizer, mask_prompt=True, max_seq_length=256)
     chats = read_samples([file], has_template=True)
