@@ -13,7 +13,6 @@ import os
 import plistlib
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 from lorainbox.core import atomic
 from lorainbox.core.config import DEFAULT_OLLAMA_HOST, Settings, load_settings
 from lorainbox.core.share import LAUNCHD_DIR
+from lorainbox.platform.commands import CommandResult, run_command
 from lorainbox.platform.privacy import places_to_check, privacy_warnings
 
 LABEL = "com.lorainbox.agent"
@@ -60,45 +60,8 @@ class AgentError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    argv: tuple[str, ...]
-    returncode: int
-    output: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    def why(self) -> str:
-        if self.returncode == 127:
-            return f"{self.argv[0]} is not installed"
-        last = self.output.strip().splitlines()[-1:] or [f"exit status {self.returncode}"]
-        return last[0]
-
-
 class Runner(Protocol):
     def __call__(self, argv: Sequence[str]) -> CommandResult: ...
-
-
-def run_command(argv: Sequence[str], timeout: float = 30.0) -> CommandResult:
-    """The one place this module runs a program; a missing program is exit status 127."""
-    try:
-        done = subprocess.run(
-            list(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        return CommandResult(tuple(argv), 127, f"{argv[0]}: command not found")
-    except subprocess.TimeoutExpired:
-        return CommandResult(tuple(argv), 124, f"{argv[0]} did not finish in {timeout:g} s")
-    except OSError as e:
-        return CommandResult(tuple(argv), 126, str(e))
-    return CommandResult(tuple(argv), done.returncode, done.stdout)
 
 
 @dataclass(frozen=True)

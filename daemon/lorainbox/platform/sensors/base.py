@@ -7,13 +7,14 @@ The gates decide what unknown means for each of them.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal, Protocol
 
 import psutil
+
+from lorainbox.platform.commands import run_command
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +72,8 @@ def run_text(argv: Sequence[str], timeout: float = 5.0) -> str | None:
     stderr is kept because some tools print part of their answer there (``pmset -g therm``
     writes "CPU Power notify" to stderr).
     """
-    try:
-        done = subprocess.run(
-            list(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        log.debug("sensor command %s failed: %s", argv[0], e)
+    done = run_command(argv, timeout)
+    if not done.ok:
+        log.debug("sensor command %s exited %s: %s", argv, done.returncode, done.output[-300:])
         return None
-    if done.returncode != 0:
-        log.debug("sensor command %s exited %s: %s", argv, done.returncode, done.stdout[-300:])
-        return None
-    return done.stdout
+    return done.output
