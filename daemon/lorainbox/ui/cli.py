@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from lorainbox.core.config import Settings, load_settings
 from lorainbox.core.layout import TRAIN_LOG
 from lorainbox.core.logs import setup_logging
 from lorainbox.pipeline.jobs import Job, JobStore, refusal
+from lorainbox.ui.requests import send_request
 from lorainbox.ui.tables import print_job, print_jobs, print_recipes
 
 app = typer.Typer(
@@ -247,33 +247,12 @@ def _job_or_exit(store: JobStore, ref: str, settings: Settings) -> Job:
 
 
 def _request(action: str, ref: str, inbox: Path | None, config: Path | None) -> None:
-    from lorainbox.pipeline.service import WAKE_SIGNAL, DaemonLock
-
     settings = _settings(inbox, config)
     store = JobStore(settings.db_path)
     job = _job_or_exit(store, ref, settings)
     if why := refusal(job, action):
         raise _fail(why)
-    store.request(job.id, action)
-    pid = DaemonLock(settings.lock_path).holder()
-    if pid:
-        with contextlib.suppress(OSError):  # gone meanwhile: its next start takes the request
-            os.kill(pid, WAKE_SIGNAL)
-        console.print(
-            f"Asked the daemon (pid {pid}) to {action} job {job.id} {job.name}.", markup=False
-        )
-        return
-    from lorainbox.pipeline.service import Daemon
-
-    daemon = Daemon(settings.model_copy(update={"inbox": Path(job.inbox)}))
-    daemon.lock.acquire()
-    try:
-        for job_id, act in store.take_requests():
-            daemon.apply_request(job_id, act)
-    finally:
-        daemon.lock.release()
-    job = store.get(job.id)
-    console.print(f"Job {job.id} {job.name} is now {job.state.value} ({job.folder}).", markup=False)
+    console.print(send_request(settings, store, job, action), markup=False)
 
 
 @app.command()
