@@ -10,16 +10,12 @@ from pathlib import Path
 
 import pytest
 from lorainbox.core.errors import DropError, Problem
-from lorainbox.drop.datasets import (
-    MAX_PROBLEMS,
-    DataSummary,
-    ImageItem,
-    detect_kind,
-    inspect_data,
-    prepare_split,
-    valid_count,
-)
+from lorainbox.drop.datasets import detect_kind, inspect_data, prepare_split
+from lorainbox.drop.files import MAX_PROBLEMS
+from lorainbox.drop.imagelist import ImageItem
+from lorainbox.drop.jsonl import valid_count
 from lorainbox.drop.recipe import DataSpec
+from lorainbox.drop.summary import DataSummary
 from PIL import Image
 
 CHAT = {
