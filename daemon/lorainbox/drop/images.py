@@ -2,7 +2,7 @@
 (``filename,prompt``), or kohya-style ``10_name/`` repeat folders.
 
 Every image is decoded here, not just opened, so a broken or cut-off file fails the drop at once
-rather than hours into training.
+rather than hours into training; its size is kept for the summary and the trainer's buckets.
 """
 
 from __future__ import annotations
@@ -72,14 +72,13 @@ def suffix_list() -> str:
 
 
 def inspect_images(drop: Path, found: ImageFolder, problems: Problems) -> DataSummary:
-    sizes: dict[Path, tuple[int, int]] = {}
     if found.metadata is not None:
-        items = _metadata_items(drop, found.metadata, problems, sizes)
+        items = _metadata_items(drop, found.metadata, problems)
         sources = [found.metadata]
         folders = ""
     else:
         kohya = kohya_dirs(found.root)
-        items = _folder_items(drop, found.root, 1, None, problems, sizes)
+        items = _folder_items(drop, found.root, 1, None, problems)
         for folder, repeats, name in kohya:
             if not contained(drop, folder, problems):
                 continue
@@ -90,7 +89,7 @@ def inspect_images(drop: Path, found: ImageFolder, problems: Problems) -> DataSu
                     f"rename it to 1_{name} (the number says how often each image is shown)",
                 )
                 continue
-            items += _folder_items(drop, folder, repeats, name, problems, sizes)
+            items += _folder_items(drop, folder, repeats, name, problems)
         sources = [found.root, *(f for f, _, _ in kohya)]
         folders = ", ".join(f"{f.name} ({r}x)" for f, r, _ in kohya)
     if not items and not problems.items:
@@ -109,11 +108,11 @@ def inspect_images(drop: Path, found: ImageFolder, problems: Problems) -> DataSu
         if items
         else 0,
     }
-    if sizes:
-        small = min(sizes.values(), key=lambda s: s[0] * s[1])
-        large = max(sizes.values(), key=lambda s: s[0] * s[1])
+    if sizes := [i.size for i in items if i.size is not None]:
+        small = min(sizes, key=lambda s: s[0] * s[1])
+        large = max(sizes, key=lambda s: s[0] * s[1])
         stats |= {"min_size": f"{small[0]}x{small[1]}", "max_size": f"{large[0]}x{large[1]}"}
-        stats["min_side"] = min(min(s) for s in sizes.values())
+        stats["min_side"] = min(min(s) for s in sizes)
     if folders:
         stats["folders"] = folders
     return DataSummary("images", sources, [], examples, 0, stats, items)
@@ -125,7 +124,6 @@ def _folder_items(
     repeats: int,
     name: str | None,
     problems: Problems,
-    sizes: dict[Path, tuple[int, int]],
 ) -> list[ImageItem]:
     """Images of one folder with their ``.txt`` sidecars; a kohya folder's name is the fallback caption."""
     files = data_files(folder)
@@ -172,9 +170,9 @@ def _folder_items(
                 )
                 continue
             caption = _read_caption(drop, txt, problems)
-        readable = contained(drop, image, problems) and _check_image(drop, image, problems, sizes)
-        if readable and caption:
-            items.append(ImageItem(image, caption, repeats))
+        size = _checked_size(drop, image, problems) if contained(drop, image, problems) else None
+        if size is not None and caption:
+            items.append(ImageItem(image, caption, repeats, size))
     return items
 
 
@@ -202,10 +200,9 @@ def _read_caption(drop: Path, txt: Path, problems: Problems) -> str:
     return caption
 
 
-def _check_image(
-    drop: Path, path: Path, problems: Problems, sizes: dict[Path, tuple[int, int]]
-) -> bool:
-    """Decode the image for real: ``verify`` catches a broken structure, ``load`` cut-off pixels."""
+def _checked_size(drop: Path, path: Path, problems: Problems) -> tuple[int, int] | None:
+    """(width, height), decoded for real: ``verify`` catches a broken structure, ``load`` cut-off
+    pixels; None once the problem is reported."""
     try:
         with Image.open(path) as im:
             im.verify()
@@ -219,21 +216,18 @@ def _check_image(
             rel_path(drop, path),
             "scale it down (about 1024 pixels on the long side is plenty)",
         )
-        return False
+        return None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         problems.add(
             f"the image {path.name} cannot be read ({e})",
             rel_path(drop, path),
             "open it and export it again as PNG or JPEG, or remove it",
         )
-        return False
-    sizes[path] = size
-    return True
+        return None
+    return size
 
 
-def _metadata_items(
-    drop: Path, meta: Path, problems: Problems, sizes: dict[Path, tuple[int, int]]
-) -> list[ImageItem]:
+def _metadata_items(drop: Path, meta: Path, problems: Problems) -> list[ImageItem]:
     """Rows of ``filename,prompt`` (or diffusers' ``file_name,text``), relative to the CSV's folder."""
     rel = rel_path(drop, meta)
     if not contained(drop, meta, problems):
@@ -271,7 +265,7 @@ def _metadata_items(
             prompt = " ".join(row[text_col].split()) if text_col < len(row) else ""
             named.add((meta.parent / name).resolve())
             where = f"{rel}, line {reader.line_num}"
-            if item := _metadata_row(drop, meta, name, prompt, where, problems, sizes):
+            if item := _metadata_row(drop, meta, name, prompt, where, problems):
                 items.append(item)
     except csv.Error as e:
         problems.add(
@@ -296,7 +290,6 @@ def _metadata_row(
     prompt: str,
     where: str,
     problems: Problems,
-    sizes: dict[Path, tuple[int, int]],
 ) -> ImageItem | None:
     if not name:
         problems.add("the row names no file", where, "write the image's file name first")
@@ -328,6 +321,5 @@ def _metadata_row(
             f"write a caption after the comma: {name},a photo of ...",
         )
         return None
-    if not _check_image(drop, path, problems, sizes):
-        return None
-    return ImageItem(path, prompt)
+    size = _checked_size(drop, path, problems)
+    return None if size is None else ImageItem(path, prompt, 1, size)
