@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from lorainbox.core.errors import DropError
+from lorainbox.drop.imagelist import read_images
 from lorainbox.drop.recipe import Recipe
 from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext
 from lorainbox.trainers.diffusion import (
@@ -29,7 +30,6 @@ from lorainbox.trainers.diffusion import (
     plan_diffusion_footprint,
     plan_epoch,
     prepare_image,
-    read_images,
     resolve_diffusion_base,
     vae_encode_dtype,
 )

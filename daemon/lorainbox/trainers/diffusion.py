@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from lorainbox.core.errors import DropError
 from lorainbox.core.layout import SAMPLES_FILE
+from lorainbox.drop.imagelist import IMAGE_FIX, ImageItem, read_images
 from lorainbox.drop.recipe import Recipe
 from lorainbox.trainers import kohya
 from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult, total_steps
@@ -63,7 +64,6 @@ DEFAULT_SCALE = 1.0
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 MAX_SAMPLES = 4
 BASE_WHERE = "recipe.toml, `base_model`"
-IMAGE_FIX = "replace it with a valid PNG, JPEG or WebP image, or remove it and its caption"
 
 ACT_BYTES_PER_PARAM = 6.0
 """Activation bytes per UNet parameter for one 512x512 image in 16-bit precision without
@@ -92,51 +92,6 @@ class DiffusionOptions:
 
 
 # --- images and buckets ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageItem:
-    path: Path
-    caption: str
-    repeats: int
-    size: tuple[int, int]
-    """(width, height) as stored."""
-
-
-def read_images(path: Path) -> list[ImageItem]:
-    """``images.jsonl`` as the intake wrote it; every image's header is read here, once."""
-    from PIL import Image, UnidentifiedImageError
-
-    items = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            image_path = Path(row["path"])
-            caption = str(row.get("caption") or "")
-            repeats = max(1, int(row.get("repeats", 1)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise DropError.one(
-                f"unreadable entry in the image list ({e})",
-                f"{path}, line {i}",
-                "run the drop through intake again (`lorainbox retry NAME`)",
-            ) from None
-        try:
-            with Image.open(image_path) as img:
-                size = img.size
-        except FileNotFoundError:
-            raise DropError.one(
-                "the image is missing", str(image_path), "put it back, or remove its caption"
-            ) from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise DropError.one(
-                f"cannot read the image ({e})", str(image_path), IMAGE_FIX
-            ) from None
-        items.append(ImageItem(image_path, caption, repeats, size))
-    if not items:
-        raise DropError.one("there are no images to train on", str(path), "add captioned images")
-    return items
 
 
 def bucket_sizes(resolution: int, step: int = BUCKET_STEP) -> list[tuple[int, int]]:
