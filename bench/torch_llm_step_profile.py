@@ -10,11 +10,19 @@ cuts the operators dispatched per step (about 5,500 eager for 22 layers, about 7
 
     python bench/torch_llm_step_profile.py --out bench/results/h100-step-profile.json
     python bench/torch_llm_step_profile.py --tiny   # CPU smoke test: all four variants in ~2 min
+    python bench/torch_llm_step_profile.py --setting full --variants compiled,compiled-cudagraphs
+
+``--setting full`` profiles the anchor's step (batch 8 of full 1024-token sequences). On CUDA
+each result also splits the kernel time by the operator that launched it
+(``kernel_seconds_by_part``): attention, the frozen projections' matmuls, LoRA's matmuls, the LM
+head, the optimizer, Triton's fused elementwise kernels. A replayed CUDA graph launches its
+kernels as one, so that split is read on the variants without graphs.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import random
 import subprocess
@@ -37,26 +45,102 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 """``compiled`` is the trainer's compile switch (layers compiled with dynamic shapes); the next two
 compile the layers here, one graph per width, then with CUDA graphs on top (one recording per
 width), and the last compiles once for all widths and records CUDA graphs per width."""
-WIDTHS = (256, 320, 384, 448, 512)
+WIDTHS = {"chats": (256, 320, 384, 448, 512), "full": (1024,)}
+"""``chats``: five padded widths of chat-like batches, half of each example trained; ``full``:
+the anchor's setting, every row a full 1024-token sequence, all of it trained."""
 
 
-def batches(tiny: bool, device: str, count: int) -> list[Any]:
+def batches(tiny: bool, device: str, count: int, setting: str) -> list[Any]:
     from lorainbox.trainers.torch_llm import Example, collate
 
     rng = random.Random(0)
-    vocab, widths, rows = (250, (32, 48, 64), 4) if tiny else (32000, WIDTHS, 8)
+    full = setting == "full"
+    vocab, widths, rows = (
+        (250, (64,) if full else (32, 48, 64), 4) if tiny else (32000, WIDTHS[setting], 8)
+    )
     out = []
     for i in range(count):
         width = widths[i % len(widths)]
         examples = []
         for _ in range(rows):
-            n = rng.randint(width - min(63, width // 2), width)
-            examples.append(Example([rng.randrange(3, vocab) for _ in range(n)], n // 2))
+            n = width if full else rng.randint(width - min(63, width // 2), width)
+            ids = [rng.randrange(3, vocab) for _ in range(n)]
+            examples.append(Example(ids, 0 if full else n // 2))
         out.append(collate(examples, 0, 64 if not tiny else 16, padding_mask=False).to(device))
     return out
 
 
-def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: int) -> dict:
+def breakdown(trace: dict[str, Any], rank: int, vocab: int, steps: int) -> dict[str, float]:
+    """Kernel seconds per step by the operator that launched each kernel, read from the
+    profiler's Chrome trace: a kernel's launch (same correlation id) sits inside the innermost
+    CPU operator around it. Matrix products tell LoRA's (a dimension equal to the rank) from
+    the LM head's (the vocabulary) and the frozen projections' (the rest) by their shapes."""
+    events = trace["traceEvents"]
+    ops: dict[Any, list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("cat") == "cpu_op":
+            ops.setdefault((e["pid"], e["tid"]), []).append(e)
+    for found in ops.values():
+        found.sort(key=lambda e: e["ts"])
+    starts = {key: [e["ts"] for e in found] for key, found in ops.items()}
+    launches = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
+    }
+    totals: dict[str, float] = {}
+    for kernel in (e for e in events if e.get("cat") == "kernel"):
+        launch = launches.get(kernel.get("args", {}).get("correlation"))
+        op = launch and innermost(ops, starts, launch)
+        part = part_of(op, kernel["name"], rank, vocab)
+        totals[part] = totals.get(part, 0.0) + kernel["dur"] / 1e6 / steps
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def innermost(
+    ops: dict[Any, list[dict[str, Any]]], starts: dict[Any, list[float]], launch: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The latest-starting operator on the launch's thread whose span holds the launch."""
+    key = (launch["pid"], launch["tid"])
+    found, at = ops.get(key, []), launch["ts"]
+    for i in range(bisect.bisect_right(starts.get(key, []), at) - 1, -1, -1):
+        if found[i]["ts"] + found[i].get("dur", 0) >= at:
+            return found[i]
+    return None
+
+
+def part_of(op: dict[str, Any] | None, kernel: str, rank: int, vocab: int) -> str:
+    name, kernel = (op["name"] if op else "").lower(), kernel.lower()
+    dims = {d for shape in (op or {}).get("args", {}).get("Input Dims", []) for d in shape or []}
+    both = f"{name} {kernel}"
+    if any(w in both for w in ("attention", "flash", "fmha")):
+        return "attention (SDPA, forward and backward)"
+    if any(w in both for w in ("adam", "foreach", "multi_tensor")):
+        return "optimizer and clipping"
+    if name in MATMULS or any(w in kernel for w in ("gemm", "nvjet", "cutlass", "xmma")):
+        if rank in dims:
+            return "LoRA matmuls"
+        if vocab in dims:
+            return "LM head (sparse logits) matmuls"
+        return "frozen projection matmuls"
+    if "triton" in both:
+        return "fused elementwise (Triton: norms, RoPE, SwiGLU, loss, casts)"
+    return f"other kernels ({name or 'no operator'})"
+
+
+MATMULS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::_addmm_activation",
+}
+
+
+def profile_variant(
+    name: str, model_dir: Path, device: str, tiny: bool, steps: int, setting: str
+) -> dict:
     import torch
     from lorainbox.drop.recipe import LoraSpec
     from lorainbox.trainers.base import Footprint
@@ -89,8 +173,9 @@ def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, fused=device == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    data = batches(tiny, device, 2 * len(WIDTHS) + steps)
-    warm, timed = data[: 2 * len(WIDTHS)], data[2 * len(WIDTHS) :]
+    widths = len(WIDTHS[setting])
+    data = batches(tiny, device, 2 * widths + steps, setting)
+    warm, timed = data[: 2 * widths], data[2 * widths :]
 
     graphs = spec is not None and spec.get("mode") == "reduce-overhead"
 
@@ -121,12 +206,17 @@ def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: 
     wall = time.perf_counter() - t0
     activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
     kind = torch.autograd.DeviceType.CUDA if device == "cuda" else torch.autograd.DeviceType.CPU
-    sample = timed[: len(WIDTHS)]
-    with profile(activities=[activity]) as prof:
+    sample = timed[:widths]
+    with profile(activities=[activity], record_shapes=True) as prof:
         for batch in sample:
             step(batch)
         sync()
     kernels = [e for e in prof.events() if e.device_type == kind and e.cpu_parent is None]
+    parts: dict[str, float] = {}
+    if device == "cuda":
+        trace_file = Path(tempfile.mkdtemp()) / "trace.json"
+        prof.export_chrome_trace(str(trace_file))
+        parts = breakdown(json.loads(trace_file.read_text()), 16, config["vocab_size"], len(sample))
     busy = sum(e.device_time if device == "cuda" else e.cpu_time for e in kernels)
     return {
         "warm_up_seconds": round(warm_seconds, 1),
@@ -136,6 +226,7 @@ def profile_variant(name: str, model_dir: Path, device: str, tiny: bool, steps: 
         "kernels_per_step": len(kernels) // len(sample),
         "tokens_per_second": sum(b.tokens for b in timed) / wall,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+        "kernel_seconds_by_part": parts,
     }
 
 
@@ -153,6 +244,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="tiny model on the CPU: proves it runs")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--setting", choices=list(WIDTHS), default="chats")
     p.add_argument("--out", type=Path)
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -161,7 +253,9 @@ def main() -> None:
 
     device = resolve_device("auto", args.tiny)
     if args.variant:
-        result = profile_variant(args.variant, args.model, device, args.tiny, args.steps)
+        result = profile_variant(
+            args.variant, args.model, device, args.tiny, args.steps, args.setting
+        )
         print("RESULT " + json.dumps(result), flush=True)
         return
     from torch_llm_vs_peft import build_model
@@ -179,6 +273,8 @@ def main() -> None:
             str(model),
             "--steps",
             str(args.steps),
+            "--setting",
+            args.setting,
             *(["--tiny"] if args.tiny else []),
         ]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -186,7 +282,8 @@ def main() -> None:
         results[name] = json.loads(found[-1][7:]) if found else {"failed": failure(done)}
         print(name, json.dumps(results[name]), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"device": device, "results": results}, indent=2))
+        report = {"device": device, "setting": args.setting, "results": results}
+        args.out.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

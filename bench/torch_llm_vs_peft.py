@@ -19,7 +19,8 @@ see :func:`flops_per_token`, over ``--peak-tflops``, 790 for an H200's dense bf1
 - ``full``: every example a full 1024-token sequence, all of it trained, batch 8 (the anchor's
   setting); arms: peft-loop, ours+compile, ours, peft-loop+compile, ours+compile+cudagraphs
   (the ``cuda_graphs`` switch), unsloth (skipped unless installed);
-- ``chats``: the chat data below; arms: peft-loop, ours, ours+compile, peft-loop+compile.
+- ``chats``: the chat data below; arms: peft-loop, ours+compile, unsloth,
+  ours+compile+cudagraphs, ours, peft-loop+compile.
 
     python bench/torch_llm_vs_peft.py --sets full,chats --budget-s 480 --out "$OUT/llm-sets.json"
     python bench/torch_llm_vs_peft.py --tiny --sets full,chats --steps 6 --warmup 2  # CPU proof
@@ -281,11 +282,13 @@ def peft_model(s: Settings, base: Any) -> Any:
 
 def run_hf(s: Settings, model_dir: Path, data: Path, work: Path, unsloth: bool) -> dict[str, Any]:
     """transformers' Trainer with defaults, as its docs and PEFT's examples set it up."""
+    path: dict[str, str] = {}
     if unsloth:
         try:
             from unsloth import FastLanguageModel
         except ImportError as e:
             return {"skipped": f"unsloth is not installed ({e})"}
+        path = unsloth_path()
     import torch
     from lorainbox.trainers.torch_llm import read_jsonl, tokenize_row, truncate
     from transformers import (
@@ -357,7 +360,24 @@ def run_hf(s: Settings, model_dir: Path, data: Path, work: Path, unsloth: bool) 
         model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timing()]
     )
     trainer.train()
-    return timed_result(clock, sum(counts[s.warmup : s.steps]))
+    return {**timed_result(clock, sum(counts[s.warmup : s.steps])), **path}
+
+
+def unsloth_path() -> dict[str, str]:
+    """Which attention and versions Unsloth took: its kernels need an xformers (or flash-attn)
+    built for this torch, else it falls back to PyTorch's SDPA."""
+    import torch
+    import unsloth
+    from unsloth.models import _utils
+
+    xformers = getattr(_utils, "HAS_XFORMERS", None) or getattr(_utils, "xformers", None)
+    flash = getattr(_utils, "HAS_FLASH_ATTENTION", False)
+    attention = "xformers" if xformers else "flash-attn" if flash else "PyTorch SDPA"
+    return {
+        "unsloth_attention": attention,
+        "unsloth_version": getattr(unsloth, "__version__", "?"),
+        "unsloth_torch": torch.__version__,
+    }
 
 
 def tokenized(s: Settings, model_dir: Path, data: Path) -> tuple[Any, list[tuple[list[int], int]]]:
@@ -442,7 +462,14 @@ SETS = {
         "ours+compile+cudagraphs",
         "unsloth",
     ],
-    "chats": ["peft-loop", "ours", "ours+compile", "peft-loop+compile"],
+    "chats": [
+        "peft-loop",
+        "ours+compile",
+        "unsloth",
+        "ours+compile+cudagraphs",
+        "ours",
+        "peft-loop+compile",
+    ],
 }
 """``--sets``: the arms of each setting, most wanted first (a time budget cuts from the end)."""
 
