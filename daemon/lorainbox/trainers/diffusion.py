@@ -16,7 +16,6 @@ samples each have a ``diffusion_*`` module of their own.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,12 +27,17 @@ from lorainbox.core.errors import DropError
 from lorainbox.core.layout import SAMPLES_FILE
 from lorainbox.trainers.base import Footprint, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.batches import by_bucket
+from lorainbox.trainers.diffusion_cache import (
+    Embedding,
+    Latent,
+    cache_key,
+    encode_captions,
+    encode_latents,
+)
 from lorainbox.trainers.diffusion_data import (
     ImageItem,
-    Prepared,
     assign_bucket,
     bucket_sizes,
-    cache_key,
     prepare_image,
     read_images,
 )
@@ -180,8 +184,8 @@ class _Run:
         self.buckets = [assign_bucket(i.size, sizes) for i in items]
         self.kohya_path = ctx.adapter_dir / f"{ctx.recipe.name}.safetensors"
         self.samples_dir = ctx.work_dir / "samples"
-        self.latents: dict[int, tuple[torch.Tensor, torch.Tensor, Prepared | None]] = {}
-        self.embeds: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.latents: dict[int, Latent] = {}
+        self.embeds: dict[str, Embedding] = {}
 
     # model
 
@@ -290,48 +294,13 @@ class _Run:
 
     def _cache_inputs(self) -> None:
         """Latents of every image (and caption embeddings with a frozen text encoder), once."""
-        from safetensors.torch import load_file, save_file
-
-        device, vae = self.setup.device, self.parts.vae
+        device = self.setup.device
         cache = self.ctx.work_dir / "cache" / f"latents-{self._cache_key()}.safetensors"
-        meta_file = cache.with_suffix(".json")
-        if cache.is_file() and meta_file.is_file():
-            stored = load_file(cache)
-            meta = json.loads(meta_file.read_text())
-            for i in range(len(self.items)):
-                o, c = meta[str(i)]
-                cond = Prepared(torch.empty(0), tuple(o), tuple(c))  # type: ignore[arg-type]
-                self.latents[i] = (stored[f"{i}.mean"], stored[f"{i}.std"], cond)
-        else:
-            vae.to(device, self._vae_dtype())
-            tensors, meta = {}, {}
-            with torch.no_grad():
-                for i, (item, bucket) in enumerate(zip(self.items, self.buckets, strict=True)):
-                    prepared = prepare_image(item.path, bucket)
-                    pixels = prepared.pixels[None].to(device, vae.dtype)
-                    dist = vae.encode(pixels).latent_dist
-                    mean, std = (x[0].float().cpu() for x in (dist.mean, dist.std))
-                    tensors[f"{i}.mean"], tensors[f"{i}.std"] = mean, std
-                    meta[str(i)] = [prepared.original_size, prepared.crop_top_left]
-                    cond = Prepared(torch.empty(0), prepared.original_size, prepared.crop_top_left)
-                    self.latents[i] = (mean, std, cond)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, cache.with_name(cache.name + ".partial"))
-            meta_file.write_text(json.dumps(meta))
-            cache.with_name(cache.name + ".partial").replace(cache)
-        vae.to("cpu", self.setup.weight_dtype)
+        self.latents = encode_latents(
+            self.parts, self.setup, self.items, self.buckets, cache, self._vae_dtype()
+        )
         if not self.train_te:
-            for encoder in self.parts.text_encoders:
-                encoder.to(device)
-            with torch.no_grad():
-                for caption in sorted({i.caption for i in self.items}):
-                    embeds, pooled = encode_text(self.parts, [caption], device)
-                    self.embeds[caption] = (
-                        embeds[0].cpu(),
-                        None if pooled is None else pooled[0].cpu(),
-                    )
-            for encoder in self.parts.text_encoders:
-                encoder.to("cpu")
+            self.embeds = encode_captions(self.parts, device, (i.caption for i in self.items))
         empty_cache(device)
 
     def _batch(

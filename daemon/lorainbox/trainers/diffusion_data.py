@@ -6,7 +6,6 @@ to cover its bucket and centre-cropped, so no image is squashed and batches shar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -118,19 +117,3 @@ def prepare_image(path: Path, bucket: tuple[int, int]) -> Prepared:
     img = img.crop((left, top, left + width, top + height))
     array = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
     return Prepared(array / 127.5 - 1.0, (resized[1], resized[0]), (top, left))
-
-
-def cache_key(
-    base: Path,
-    resolution: int,
-    dtype: torch.dtype,
-    items: Sequence[ImageItem],
-    buckets: Sequence[tuple[int, int]],
-) -> str:
-    """The identity of the encoded inputs: the model, the size, and every image as stored."""
-    h = hashlib.sha256()
-    h.update(json.dumps([str(base), resolution, str(dtype)]).encode())
-    for item, bucket in zip(items, buckets, strict=True):
-        stat = item.path.stat()
-        h.update(json.dumps([str(item.path), stat.st_size, stat.st_mtime_ns, bucket]).encode())
-    return h.hexdigest()[:16]
