@@ -10,16 +10,12 @@ from pathlib import Path
 
 import pytest
 from lorainbox.core.errors import DropError, Problem
-from lorainbox.drop.datasets import (
-    MAX_PROBLEMS,
-    DataSummary,
-    ImageItem,
-    detect_kind,
-    inspect_data,
-    prepare_split,
-    valid_count,
-)
+from lorainbox.drop.datasets import detect_kind, inspect_data, prepare_split
+from lorainbox.drop.files import MAX_PROBLEMS
+from lorainbox.drop.imagelist import ImageItem, read_images
+from lorainbox.drop.jsonl import valid_count
 from lorainbox.drop.recipe import DataSpec
+from lorainbox.drop.summary import DataSummary
 from PIL import Image
 
 CHAT = {
@@ -783,6 +779,20 @@ def test_diffusion_refuses_a_valid_file(tmp_path: Path) -> None:
     image(drop / "a.png")
     p = only(drop, "diffusion", valid="v.jsonl")
     assert p.where == "recipe.toml, line 2" and "no validation set" in p.what
+
+
+def test_image_sizes_are_read_when_checked_and_again_when_the_list_is_loaded(
+    tmp_path: Path,
+) -> None:
+    drop = make_drop(tmp_path, {"5_fox/a.txt": "a fox"})
+    image(drop / "5_fox/a.png", (64, 48))
+    summary = inspect_data(drop, DataSpec(), kind="diffusion")
+    assert [i.size for i in summary.items] == [(64, 48)]
+    listing, _ = prepare_split(summary, tmp_path / "out", valid_fraction=0.1, seed=0)
+    image(drop / "5_fox/a.png", (40, 80))
+    loaded = read_images(listing)
+    assert loaded == [ImageItem((drop / "5_fox/a.png").resolve(), "a fox", 5)]
+    assert loaded[0].size == (40, 80)
 
 
 def test_prepare_split_for_images_replaces_llm_files(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from lorainbox.core.errors import DropError
 from lorainbox.core.layout import SAMPLES_FILE
+from lorainbox.drop.imagelist import read_images
 from lorainbox.drop.recipe import Recipe
 from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext
 from lorainbox.trainers.batches import by_bucket as plan_epoch
@@ -26,7 +27,6 @@ from lorainbox.trainers.diffusion_data import (
     assign_bucket,
     bucket_sizes,
     prepare_image,
-    read_images,
 )
 from lorainbox.trainers.diffusion_memory import plan_diffusion_footprint
 from lorainbox.trainers.diffusion_model import resolve_diffusion_base, vae_encode_dtype

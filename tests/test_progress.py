@@ -11,8 +11,8 @@ from lorainbox.core.events import JobChanged, JobProgress
 from lorainbox.core.hub import Hub
 from lorainbox.core.humanize import loss_text
 from lorainbox.pipeline.jobs import JobStore, State
-from lorainbox.ui.cli import progress_text
 from lorainbox.ui.progress import ProgressView
+from lorainbox.ui.tables import progress_text
 from rich.console import Console
 
 TRAINING = {

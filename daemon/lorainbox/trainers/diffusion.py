@@ -25,6 +25,7 @@ import torch
 
 from lorainbox.core.errors import DropError
 from lorainbox.core.layout import SAMPLES_FILE
+from lorainbox.drop.imagelist import ImageItem, read_images
 from lorainbox.trainers.base import Footprint, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.batches import by_bucket
 from lorainbox.trainers.diffusion_cache import (
@@ -35,11 +36,9 @@ from lorainbox.trainers.diffusion_cache import (
     encode_latents,
 )
 from lorainbox.trainers.diffusion_data import (
-    ImageItem,
     assign_bucket,
     bucket_sizes,
     prepare_image,
-    read_images,
 )
 from lorainbox.trainers.diffusion_loss import diffusion_loss, encode_text, time_ids
 from lorainbox.trainers.diffusion_memory import estimate_diffusion_gb, plan_diffusion_footprint

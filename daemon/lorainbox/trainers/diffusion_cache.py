@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from lorainbox.trainers.diffusion_data import ImageItem, Prepared, prepare_image
+from lorainbox.drop.imagelist import ImageItem
+from lorainbox.trainers.diffusion_data import Prepared, prepare_image
 from lorainbox.trainers.diffusion_loss import encode_text
 from lorainbox.trainers.diffusion_model import Parts
 from lorainbox.trainers.torch_common import DeviceSetup

@@ -1,4 +1,4 @@
-"""The images of a drop: their list, their aspect-ratio buckets, their pixels for the VAE.
+"""The images of a drop as the VAE sees them: in aspect-ratio buckets, resized and cropped.
 
 Images train at about the recipe's resolution in a few aspect ratios (buckets), each resized
 to cover its bucket and centre-cropped, so no image is squashed and batches share a shape.
@@ -6,7 +6,6 @@ to cover its bucket and centre-cropped, so no image is squashed and batches shar
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,54 +14,9 @@ from pathlib import Path
 import torch
 
 from lorainbox.core.errors import DropError
+from lorainbox.drop.imagelist import IMAGE_FIX
 
 BUCKET_STEP = 64
-IMAGE_FIX = "replace it with a valid PNG, JPEG or WebP image, or remove it and its caption"
-
-
-@dataclass(frozen=True)
-class ImageItem:
-    path: Path
-    caption: str
-    repeats: int
-    size: tuple[int, int]
-    """(width, height) as stored."""
-
-
-def read_images(path: Path) -> list[ImageItem]:
-    """``images.jsonl`` as the intake wrote it; every image's header is read here, once."""
-    from PIL import Image, UnidentifiedImageError
-
-    items = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            image_path = Path(row["path"])
-            caption = str(row.get("caption") or "")
-            repeats = max(1, int(row.get("repeats", 1)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise DropError.one(
-                f"unreadable entry in the image list ({e})",
-                f"{path}, line {i}",
-                "run the drop through intake again (`lorainbox retry NAME`)",
-            ) from None
-        try:
-            with Image.open(image_path) as img:
-                size = img.size
-        except FileNotFoundError:
-            raise DropError.one(
-                "the image is missing", str(image_path), "put it back, or remove its caption"
-            ) from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise DropError.one(
-                f"cannot read the image ({e})", str(image_path), IMAGE_FIX
-            ) from None
-        items.append(ImageItem(image_path, caption, repeats, size))
-    if not items:
-        raise DropError.one("there are no images to train on", str(path), "add captioned images")
-    return items
 
 
 def bucket_sizes(resolution: int, step: int = BUCKET_STEP) -> list[tuple[int, int]]:
