@@ -17,22 +17,20 @@ import numpy as np
 import pytest
 import torch
 from lorainbox.core.errors import DropError
+from lorainbox.core.layout import SAMPLES_FILE
 from lorainbox.drop.imagelist import read_images
 from lorainbox.drop.recipe import Recipe
 from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext
-from lorainbox.trainers.diffusion import (
-    DIFFUSERS_FILE,
-    SAMPLES_FILE,
-    DiffusionOptions,
-    DiffusionTrainer,
+from lorainbox.trainers.batches import by_bucket as plan_epoch
+from lorainbox.trainers.diffusion import DiffusionOptions, DiffusionTrainer
+from lorainbox.trainers.diffusion_data import (
     assign_bucket,
     bucket_sizes,
-    plan_diffusion_footprint,
-    plan_epoch,
     prepare_image,
-    resolve_diffusion_base,
-    vae_encode_dtype,
 )
+from lorainbox.trainers.diffusion_memory import plan_diffusion_footprint
+from lorainbox.trainers.diffusion_model import resolve_diffusion_base, vae_encode_dtype
+from lorainbox.trainers.diffusion_output import DIFFUSERS_FILE
 from PIL import Image
 
 FAST = DiffusionOptions(samples=False)
@@ -307,7 +305,7 @@ def test_unreadable_images_are_drop_errors_naming_the_file(tiny_sd: Path, tmp_pa
 
 
 def test_base_model_must_be_a_diffusers_folder_or_a_loadable_file(tmp_path: Path) -> None:
-    from lorainbox.trainers.diffusion import load_pipeline
+    from lorainbox.trainers.diffusion_model import load_pipeline
 
     (tmp_path / "not-diffusers").mkdir()
     with pytest.raises(DropError, match="model_index.json"):

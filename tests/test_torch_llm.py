@@ -22,6 +22,7 @@ import torch
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import Recipe, TrainSpec
 from lorainbox.trainers.base import Emitter, Footprint, OutOfMemory, Paused, TrainContext
+from lorainbox.trainers.batches import by_length as plan_epoch
 from lorainbox.trainers.torch_common import (
     MPSFallbackLog,
     list_checkpoints,
@@ -40,7 +41,6 @@ from lorainbox.trainers.torch_llm import (
     collate,
     lora_config,
     loss_sum,
-    plan_epoch,
     planned_steps,
     tokenize_row,
 )

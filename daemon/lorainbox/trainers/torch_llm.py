@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,33 +29,25 @@ import torch.nn.functional as F
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec, Recipe, TrainSpec
 from lorainbox.trainers import samples
-from lorainbox.trainers.base import Footprint, Paused, TrainContext, TrainResult, total_steps
-from lorainbox.trainers.pace import Pace, rounded
+from lorainbox.trainers.base import Footprint, TrainContext, TrainResult, total_steps
+from lorainbox.trainers.batches import by_length
+from lorainbox.trainers.loop import Loop, Step
 from lorainbox.trainers.torch_common import (
     DeviceSetup,
-    MemoryMeter,
     MPSFallbackLog,
     atomic_replace_dir,
     empty_cache,
     lora_alpha,
     make_optimizer,
     make_scheduler,
-    optimizer_step,
     out_of_memory_guard,
-    restore_training_state,
-    resumable_checkpoint,
-    save_checkpoint,
     seed_everything,
     setup_device,
-    training_state,
 )
-from lorainbox.trainers.torch_dist import sum_gradients
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-GROUP_BATCHES = 32
-"""Length grouping sorts within windows of this many batches: little padding, still shuffled."""
 DEFAULT_SCALE = 20.0
 """mlx-lm's LoRA scale when the recipe sets neither scale nor alpha."""
 
@@ -254,24 +245,6 @@ def planned_steps(train: TrainSpec, examples: int) -> int:
     return total_steps(train, math.ceil(examples / train.batch_size))
 
 
-def plan_epoch(
-    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group: bool = True
-) -> list[list[int]]:
-    """The batches of one epoch: shuffled, and sorted by length within windows when grouping."""
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if not group:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    window = batch_size * GROUP_BATCHES
-    batches: list[list[int]] = []
-    for start in range(0, len(order), window):
-        part = sorted(order[start : start + window], key=lengths.__getitem__)
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 @dataclass
 class Batch:
     input_ids: torch.Tensor
@@ -437,15 +410,6 @@ def supports_sparse_logits(config: Any) -> bool:
 # --- trainer ------------------------------------------------------------------------------
 
 
-@dataclass
-class _DataCursor:
-    """Where training is in the data: the epoch and the batches it still has to serve."""
-
-    epoch: int
-    """-1 before the first epoch starts."""
-    remaining: list[list[int]]
-
-
 class TorchLLMTrainer:
     """The :class:`~lorainbox.trainers.base.Trainer` for language models on PyTorch."""
 
@@ -493,11 +457,12 @@ class TorchLLMTrainer:
                 self, ctx, setup, model, tokenizer, train_set, valid_set, fp, pad_id, compiled
             )
             fallbacks = MPSFallbackLog() if setup.kind == "mps" else None
+            model.train()
             with fallbacks or contextlib.nullcontext():
-                run.loop()
+                run.loop.run()
             spread = ctx.world.summary() if ctx.world.spread else None
             if writes:
-                run.save_adapter()
+                run.loop.save_adapter()
                 samples.after_training(ctx.work_dir, replier(model, tokenizer, setup))
         empty_cache(setup.device)
         extra = {
@@ -506,14 +471,15 @@ class TorchLLMTrainer:
             "footprint": asdict(fp),
             "compiled": compiled,
             "cuda_graphs": run.graphs,
-            "peak_memory_gb": round(run.meter.peak_gb(), 3),
+            "peak_memory_gb": round(run.loop.meter.peak_gb(), 3),
         }
         if fallbacks is not None:
             extra["mps_fallback_ops"] = fallbacks.ops
         if spread is not None:
             extra["distributed"] = spread
+        loop = run.loop
         return TrainResult(
-            ctx.adapter_dir, run.step, run.last_train_loss, run.last_valid_loss, extra
+            ctx.adapter_dir, loop.step, loop.last_train_loss, loop.last_valid_loss, extra
         )
 
     def _footprint(self, ctx: TrainContext, setup: DeviceSetup) -> Footprint:
@@ -674,7 +640,11 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 class _Run:
-    """One training run's state: the loop, evaluation, checkpoints, progress lines."""
+    """One training run's own part of the loop (a :class:`~lorainbox.trainers.loop.Task`):
+    length-grouped batches in slices, the step's loss, evaluation, the PEFT adapter."""
+
+    unit = "tokens"
+    rate_digits = 1
 
     def __init__(
         self,
@@ -689,8 +659,6 @@ class _Run:
         pad_id: int,
         compiled: bool = False,
     ):
-        from peft import get_peft_model_state_dict
-
         self.trainer, self.ctx, self.setup, self.model = trainer, ctx, setup, model
         self.opts = trainer.options
         self.t = ctx.recipe.train
@@ -702,174 +670,78 @@ class _Run:
         self.sparse = self.opts.sparse_logits and supports_sparse_logits(model.config)
         self.graphs = compiled and trainer.graphs(fp)
         self.pad_multiple = self.opts.pad_multiple if setup.kind == "cuda" else 1
-        self.total = planned_steps(self.t, len(train_set))
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(
-            self.params, self.t.learning_rate, setup.device, fused=self.opts.fused_adamw
+        total = planned_steps(self.t, len(train_set))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(
+            params, self.t.learning_rate, setup.device, fused=self.opts.fused_adamw
         )
-        self.scheduler = make_scheduler(self.optimizer, self.t, self.total)
-        self.signature = {
+        signature = {
             **lora_signature(ctx.recipe, model.peft_config["default"]),
             "data": _fingerprint(ctx.in_job(ctx.train_file)),
         }
-        self.meter = MemoryMeter(setup.device, ctx.memory_budget_gb)
-        self.step = 0
-        self.trained_tokens = 0
-        self.cursor = _DataCursor(-1, [])
-        self.checkpoint_step: int | None = None
-        self.last_train_loss: float | None = None
-        self.last_valid_loss: float | None = None
-        self._state_dict = get_peft_model_state_dict
-        self._resume()
-
-    # checkpoints
-
-    def _resume(self) -> None:
-        from peft import set_peft_model_state_dict
-
-        ckpt = resumable_checkpoint(self.ctx.checkpoint_dir, self.setup.device, self.signature)
-        if ckpt is None:
-            return
-        set_peft_model_state_dict(self.model, ckpt.tensors)
-        restore_training_state(ckpt.state, self.optimizer, self.scheduler)
-        self.step = ckpt.step
-        self.trained_tokens = int(ckpt.meta.get("trained_tokens", 0))
-        data = ckpt.meta["data"]
-        self.cursor = _DataCursor(int(data["epoch"]), data["remaining"])
-        self.checkpoint_step = self.step
-        log.info("resuming from %s at step %d of %d", ckpt.path, self.step, self.total)
-        self.ctx.emitter.emit("resumed", step=self.step, total=self.total)
-
-    def save_checkpoint(self) -> None:
-        state = training_state(self.optimizer, self.scheduler)
-        meta = {
-            "signature": self.signature,
-            "trained_tokens": self.trained_tokens,
-            "total": self.total,
-            "data": {"epoch": self.cursor.epoch, "remaining": self.cursor.remaining},
-        }
-        tensors = self._state_dict(self.model)
-        if self.ctx.world.writes:
-            save_checkpoint(self.ctx.checkpoint_dir, self.step, tensors, state, meta)
-        self.checkpoint_step = self.step
-        self.ctx.emitter.emit("checkpoint", step=self.step)
-
-    def save_adapter(self) -> None:
-        atomic_replace_dir(
-            lambda folder: self.model.save_pretrained(folder, safe_serialization=True),
-            self.ctx.adapter_dir,
+        self.loop = Loop(
+            ctx,
+            self,
+            params,
+            optimizer,
+            make_scheduler(optimizer, self.t, total),
+            total,
+            signature,
+            setup.device,
+            evaluate=self.evaluate if valid_set else None,
+            defer_sync=self.opts.defer_sync,
+            on_step=trainer.on_step,
         )
 
-    # data
+    def plan(self, epoch: int) -> list[list[int]]:
+        return by_length(
+            self.lengths, self.t.batch_size, self.t.seed, epoch, self.opts.group_by_length
+        )
 
-    def _next_step_batches(self) -> tuple[list[Batch], int, int]:
-        """The next step's examples (the recipe's batch), in slices the footprint allows, with
-        the whole batch's trained and real token counts (this rank's share, when data-parallel).
+    def lora_tensors(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model)
+
+    def load_lora_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, tensors)
+
+    def write_adapter(self, folder: Path) -> None:
+        self.model.save_pretrained(folder, safe_serialization=True)
+
+    def step(self, batch: list[int]) -> Step:
+        """The recipe's batch in slices the footprint allows, weighted by the whole batch's
+        trained tokens (this rank's share of them, when data-parallel).
 
         Epochs are planned in whole recipe batches, so a footprint shrunk after an
         out-of-memory retry trains on exactly the examples it would have seen.
         """
-        if not self.cursor.remaining:
-            epoch = self.cursor.epoch + 1
-            plan = plan_epoch(
-                self.lengths, self.t.batch_size, self.t.seed, epoch, self.opts.group_by_length
-            )
-            self.cursor = _DataCursor(epoch, plan)
-        idx = sorted(self.cursor.remaining.pop(0), key=self.lengths.__getitem__)
-        targets = sum(self.train_set[i].targets for i in idx)
+        idx = sorted(batch, key=self.lengths.__getitem__)
+        n_targets = sum(self.train_set[i].targets for i in idx)
         tokens = sum(self.lengths[i] for i in idx)
         idx = self.ctx.world.shard(idx)
-        return (
-            [
-                collate(
-                    [self.train_set[i] for i in idx[s : s + self.micro]],
-                    self.pad_id,
-                    self.pad_multiple,
-                    padding_mask=not self.opts.unmasked_padding,
-                )
-                for s in range(0, len(idx), self.micro)
-            ],
-            targets,
-            tokens,
-        )
-
-    # the loop
-
-    def loop(self) -> None:
-        model, opts, device = self.model, self.opts, self.setup.device
-        pace = Pace(self.step, self.total)
-        loss_acc = torch.zeros((), device=device)
-        targets_acc = 0
-        if self.step == 0 and self.valid_set:
-            self.ctx.emitter.progress(
-                step=0, total=self.total, valid_loss=round(self.evaluate(), 5)
+        micro = [
+            collate(
+                [self.train_set[i] for i in idx[s : s + self.micro]],
+                self.pad_id,
+                self.pad_multiple,
+                padding_mask=not self.opts.unmasked_padding,
             )
-        model.train()
-        self.ctx.world.start_clock()
-        while self.step < self.total:
-            if self.ctx.stop_requested():
-                self._pause()
-            micro, n_targets, tokens = self._next_step_batches()
-            for batch in micro:
-                batch = batch.to(device)
-                if self.graphs:  # the last replay's outputs are done with (backward ran)
-                    torch.compiler.cudagraph_mark_step_begin()
-                with self.setup.autocast():
-                    summed = loss_sum(model, batch, self.sparse)
-                (summed / n_targets).backward()
-                loss_acc += summed.detach()
-            if self.ctx.world.spread:
-                sum_gradients(self.params)
-            optimizer_step(self.params, self.optimizer, self.scheduler)
-            self.step += 1
-            self.ctx.world.local_tokens += sum(b.tokens for b in micro)
-            self.trained_tokens += tokens
-            targets_acc += n_targets
-            pace.add(tokens)
-            if not opts.defer_sync:
-                loss_acc.item()
-            if self.trainer.on_step is not None:
-                self.trainer.on_step(self.step, tokens)
-            report = self.step % self.t.steps_per_report == 0 or self.step == self.total
-            evaluate = self.valid_set and (
-                self.step % self.t.steps_per_eval == 0 or self.step == self.total
-            )
-            if report or evaluate:
-                summed_loss = self.ctx.world.sum([float(loss_acc.item())])[0]
-                self.last_train_loss = summed_loss / max(targets_acc, 1)
-                loss_acc.zero_()
-                targets_acc = 0
-                valid = self.evaluate() if evaluate else None
-                self._progress(pace, valid)
-            if self.step % self.t.save_every == 0 or self.step == self.total:
-                self.save_checkpoint()
-
-    def _pause(self) -> None:
-        if self.checkpoint_step != self.step:
-            self.save_checkpoint()
-        raise Paused(self.step)
-
-    def _progress(self, pace: Pace, valid: float | None) -> None:
-        rate, eta = pace.report(self.step)
-        peak = self.meter.check()
-        line: dict[str, Any] = {
-            "step": self.step,
-            "total": self.total,
-            "train_loss": round(self.last_train_loss, 5)
-            if self.last_train_loss is not None
-            else None,
-            "learning_rate": self.scheduler.get_last_lr()[0],
-            "tokens_per_second": round(rate, 1),
-            "trained_tokens": self.trained_tokens,
-            "peak_memory_gb": round(peak, 3),
-            "eta_seconds": rounded(eta),
-            "epoch": max(self.cursor.epoch, 0),
-        }
-        if valid is not None:
-            line["valid_loss"] = round(valid, 5)
-        if self.checkpoint_step is not None:
-            line["checkpoint_step"] = self.checkpoint_step
-        self.ctx.emitter.progress(**line)
+            for s in range(0, len(idx), self.micro)
+        ]
+        losses = []
+        for part in micro:
+            part = part.to(self.setup.device)
+            if self.graphs:  # the last replay's outputs are done with (backward ran)
+                torch.compiler.cudagraph_mark_step_begin()
+            with self.setup.autocast():
+                summed = loss_sum(self.model, part, self.sparse)
+            (summed / n_targets).backward()
+            losses.append(summed.detach())
+        self.ctx.world.local_tokens += sum(b.tokens for b in micro)
+        return Step(losses, n_targets, tokens)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -893,5 +765,4 @@ class _Run:
                 total += loss_sum(model, batch.to(device), self.sparse).float()
             count += batch.n_targets
         model.train()
-        self.last_valid_loss = float(total.item()) / max(count, 1)
-        return self.last_valid_loss
+        return float(total.item()) / max(count, 1)
