@@ -252,11 +252,12 @@ def run_diffusers_example(s: Settings, model: Path, listing: Path) -> dict[str, 
     rows = [json.loads(line) for line in listing.read_text().splitlines()]
 
     def transform(path: str) -> torch.Tensor:
-        """Resize (bilinear, shorter side) -> RandomCrop -> ToTensor -> Normalize([0.5], [0.5])."""
+        """Resize (Lanczos, the script's default, shorter side) -> RandomCrop -> ToTensor ->
+        Normalize([0.5], [0.5])."""
         image = Image.open(path).convert("RGB")
         scale = s.resolution / min(image.size)
         size = (round(image.width * scale), round(image.height * scale))
-        image = image.resize(size, Image.Resampling.BILINEAR)
+        image = image.resize(size, Image.Resampling.LANCZOS)
         left = random.randint(0, size[0] - s.resolution)
         top = random.randint(0, size[1] - s.resolution)
         image = image.crop((left, top, left + s.resolution, top + s.resolution))
@@ -331,6 +332,7 @@ def run_diffusers_example(s: Settings, model: Path, listing: Path) -> dict[str, 
                 step += 1
                 clock.mark(step)
                 train_loss = 0.0
+            _logs = {"step_loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
             if step >= s.steps:
                 break
     return timed_result(clock)
