@@ -57,6 +57,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -228,32 +229,42 @@ SDXL_SCHEDULER = {
 (clip_sample, sample_max_value, set_alpha_to_one, skip_prk_steps)."""
 
 
-def sd15_models(tokenizer: Any) -> dict[str, Any]:
+Done = Callable[[Any], Any]
+"""Applied to each model as soon as it is made: ``build_model`` moves it to the CPU in the
+dtype it is saved in, so that SDXL's 3.5B parameters are never all in float32 at once."""
+
+
+def sd15_models(tokenizer: Any, done: Done = lambda m: m) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     return {
-        "unet": UNet2DConditionModel(**SD15_UNET),
-        "vae": AutoencoderKL(**SD_VAE, sample_size=512),
-        "text_encoder": CLIPTextModel(clip_text_config(tokenizer, **CLIP_L)),
+        "unet": done(UNet2DConditionModel(**SD15_UNET)),
+        "vae": done(AutoencoderKL(**SD_VAE, sample_size=512)),
+        "text_encoder": done(CLIPTextModel(clip_text_config(tokenizer, **CLIP_L))),
     }
 
 
-def sdxl_models(tokenizer: Any, tokenizer_2: Any) -> dict[str, Any]:
+def sdxl_models(tokenizer: Any, tokenizer_2: Any, done: Done = lambda m: m) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    vae = {"sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+    clip_l = clip_text_config(tokenizer, **CLIP_L, projection_dim=768)
     return {
-        "unet": UNet2DConditionModel(**SDXL_UNET),
-        "vae": AutoencoderKL(**SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
-        "text_encoder": CLIPTextModel(clip_text_config(tokenizer, **CLIP_L, projection_dim=768)),
-        "text_encoder_2": CLIPTextModelWithProjection(clip_text_config(tokenizer_2, **CLIP_BIGG)),
+        "unet": done(UNet2DConditionModel(**SDXL_UNET)),
+        "vae": done(AutoencoderKL(**SD_VAE, **vae)),
+        "text_encoder": done(CLIPTextModel(clip_l)),
+        "text_encoder_2": done(
+            CLIPTextModelWithProjection(clip_text_config(tokenizer_2, **CLIP_BIGG))
+        ),
     }
 
 
 def build_model(folder: Path, arch: str, tiny: bool, device: str) -> Path:
     """The tiny pipeline, or SD 1.5's (fp32 on disk) or SDXL's (bf16 on disk) architecture
-    with random weights; initialised on the GPU where there is one (SDXL is 3.5B parameters)."""
+    with random weights; initialised on the GPU where there is one (SDXL is 3.5B parameters),
+    each model moved to the CPU as soon as it is made."""
     if tiny:
         from lorainbox.models.tinysd import build_tiny_sd
 
@@ -269,33 +280,35 @@ def build_model(folder: Path, arch: str, tiny: bool, device: str) -> Path:
     from transformers import CLIPTokenizer
 
     torch.manual_seed(0)
+    dtype = torch.bfloat16 if arch == "sdxl" else torch.float32
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer"))
+
+    def done(model: Any) -> Any:
+        return model.to("cpu", dtype)
+
     pipe: Any
-    with torch.device("cuda" if device == "cuda" else "cpu"):
-        if arch == "sdxl":
-            tokenizer_2 = CLIPTokenizer.from_pretrained(
-                write_clip_tokenizer(folder / "tokenizer_2")
-            )
-            models = {
-                k: m.to(torch.bfloat16) for k, m in sdxl_models(tokenizer, tokenizer_2).items()
-            }
-            pipe = StableDiffusionXLPipeline(
-                **models,
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer_2,
-                scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
-            )
-        else:
-            pipe = StableDiffusionPipeline(
-                **sd15_models(tokenizer),
-                tokenizer=tokenizer,
-                scheduler=PNDMScheduler(**SCALED_LINEAR, skip_prk_steps=True),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+    if arch == "sdxl":
+        tokenizer_2 = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer_2"))
+        with torch.device("cuda" if device == "cuda" else "cpu"):
+            models = sdxl_models(tokenizer, tokenizer_2, done)
+        pipe = StableDiffusionXLPipeline(
+            **models,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        )
+    else:
+        with torch.device("cuda" if device == "cuda" else "cpu"):
+            models = sd15_models(tokenizer, done)
+        pipe = StableDiffusionPipeline(
+            **models,
+            tokenizer=tokenizer,
+            scheduler=PNDMScheduler(**SCALED_LINEAR, skip_prk_steps=True),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.save_pretrained(folder, safe_serialization=True)
-    del pipe
     if device == "cuda":
         torch.cuda.empty_cache()
     return folder
