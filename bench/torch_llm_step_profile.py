@@ -124,7 +124,7 @@ def part_of(op: dict[str, Any] | None, kernel: str, rank: int, vocab: int) -> st
             return "LM head (sparse logits) matmuls"
         return "frozen projection matmuls"
     if "triton" in both:
-        return "fused elementwise (Triton: norms, RoPE, SwiGLU, loss, casts)"
+        return "Triton kernels (Inductor: norms, RoPE, SwiGLU, loss, casts, templated matmuls)"
     return f"other kernels ({name or 'no operator'})"
 
 
