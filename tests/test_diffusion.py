@@ -20,6 +20,7 @@ from lorainbox.core.errors import DropError
 from lorainbox.core.layout import SAMPLES_FILE
 from lorainbox.drop.imagelist import read_images
 from lorainbox.drop.recipe import Recipe
+from lorainbox.models.base import resolve_diffusion_base
 from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext
 from lorainbox.trainers.batches import by_bucket as plan_epoch
 from lorainbox.trainers.diffusion import DiffusionOptions, DiffusionTrainer
@@ -29,7 +30,7 @@ from lorainbox.trainers.diffusion_data import (
     prepare_image,
 )
 from lorainbox.trainers.diffusion_memory import plan_diffusion_footprint
-from lorainbox.trainers.diffusion_model import resolve_diffusion_base, vae_encode_dtype
+from lorainbox.trainers.diffusion_model import vae_encode_dtype
 from lorainbox.trainers.diffusion_output import DIFFUSERS_FILE
 from PIL import Image
 

@@ -60,19 +60,21 @@ def test_warnings_name_the_place_and_both_fixes(home: Path, tmp_path: Path) -> N
     assert privacy_warnings(places, home=home, python=python, platform="linux") == []
 
 
+@pytest.mark.parametrize("resolver", ["resolve_base_model", "resolve_diffusion_base"])
 def test_a_base_model_the_agent_may_not_read_is_a_drop_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    resolver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a LaunchAgent gets in ~/Documents: EPERM from stat, which Path.is_dir raises."""
+    """What a LaunchAgent gets in ~/Documents: EPERM from stat, which Path.exists raises; the
+    language-model and the diffusion resolvers say it alike."""
     from lorainbox.core.errors import DropError
-    from lorainbox.models.base import resolve_base_model
+    from lorainbox.models import base
 
     def refused(self: Path, *args: object, **kwargs: object) -> None:
         raise PermissionError(1, "Operation not permitted", str(self))
 
     monkeypatch.setattr(Path, "stat", refused)
     with pytest.raises(DropError) as caught:
-        resolve_base_model("~/Documents/models/qwen", tmp_path)
+        getattr(base, resolver)("~/Documents/models/qwen", tmp_path)
     text = str(caught.value)
     assert "Operation not permitted" in text and "Full Disk Access" in text
     assert "`base_model`" in text

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from lorainbox.core.errors import DropError
-from lorainbox.models.base import check_model_dir, resolve_base_model, tiny_model
+from lorainbox.models.base import (
+    check_model_dir,
+    resolve_base_model,
+    resolve_diffusion_base,
+    tiny_model,
+)
 from lorainbox.models.tinymodel import copy_model
 
 from tests.models import TINY_FACT, tiny_llama  # noqa: F401
@@ -73,15 +79,16 @@ def test_local_paths_relative_absolute_and_home(
         resolve_base_model("./missing", drop)
 
 
+@pytest.mark.parametrize("resolver", [resolve_base_model, resolve_diffusion_base])
 def test_unreachable_hub_is_a_drop_error_that_suggests_a_local_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    resolver: Callable[[str, Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(DropError) as e:
-        resolve_base_model("lorainbox-tests/no-such-model", tmp_path)
+        resolver("lorainbox-tests/no-such-model", tmp_path)
     problem = e.value.problems[0]
     assert "could not reach the Hugging Face Hub" in problem.what
     assert "local folder" in problem.fix

@@ -17,10 +17,13 @@ import shutil
 import struct
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lorainbox.core.errors import DropError
+
+BASE_WHERE = "recipe.toml, `base_model`"
 
 TINY_PREFIX = "lorainbox:"
 TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
@@ -56,35 +59,76 @@ def cache_dir() -> Path:
 
 
 def resolve_base_model(spec: str, drop_dir: Path) -> Path:
-    """The local folder holding the model ``spec`` names; builds or downloads it if needed."""
+    """The local folder holding the language model ``spec`` names; builds or downloads it."""
     spec = spec.strip()
     if spec.startswith(TINY_PREFIX):
         return tiny_model(spec.removeprefix(TINY_PREFIX))
+    found = local_or_hub(spec, drop_dir)
+    if isinstance(found, str):
+        from huggingface_hub import snapshot_download
+
+        return download(found, lambda repo: snapshot_download(repo, allow_patterns=HUB_PATTERNS))
+    if found is None or not found.is_dir():
+        raise DropError.one(
+            f'the base model "{spec}" is not a folder here ({found or drop_dir / spec} '
+            f"{'is a file' if found else 'does not exist'})",
+            BASE_WHERE,
+            "give the path of a model folder (relative to the drop, absolute or starting "
+            'with ~), a Hugging Face id like "mlx-community/Qwen2.5-0.5B-Instruct-4bit", '
+            f"or one of {', '.join(TINY_PREFIX + n for n in BUILT_IN)}",
+        )
+    return found
+
+
+def resolve_diffusion_base(spec: str, drop_dir: Path) -> Path:
+    """A diffusers folder or a single checkpoint file, local or downloaded from the Hub."""
+    spec = spec.strip()
+    found = local_or_hub(spec, drop_dir)
+    if isinstance(found, str):
+        from diffusers import DiffusionPipeline
+
+        return download(found, DiffusionPipeline.download)
+    if found is not None and found.is_dir():
+        if not (found / "model_index.json").is_file():
+            raise DropError.one(
+                f"{found} is not a diffusers model folder (it has no model_index.json)",
+                BASE_WHERE,
+                "point `base_model` at the folder that holds model_index.json, unet/ and vae/",
+            )
+        return found
+    if found is not None and found.suffix in (".safetensors", ".ckpt"):
+        return found
+    raise DropError.one(
+        f'the base model "{spec}" is neither a diffusers folder nor a checkpoint file here',
+        BASE_WHERE,
+        "give a diffusers folder, a .safetensors checkpoint (relative to the drop or absolute), "
+        'or a Hugging Face id like "stable-diffusion-v1-5/stable-diffusion-v1-5"',
+    )
+
+
+def local_or_hub(spec: str, drop_dir: Path) -> Path | str | None:
+    """What ``spec`` names, by the rules every base model follows: an existing path (relative
+    to the drop, absolute or under ``~``), else a Hugging Face id, else None.
+
+    A path the agent may not read is the person's problem to fix (macOS privacy), not a
+    missing model."""
     path = Path(spec).expanduser()
     if not path.is_absolute():
         path = Path(drop_dir) / path
     try:
-        if path.is_dir():
+        if path.exists():
             return path.resolve()
     except PermissionError as e:
         raise DropError.one(
             f"the base model's folder {path} can't be read ({e.strerror})",
-            "recipe.toml, `base_model`",
+            BASE_WHERE,
             "macOS keeps background agents out of ~/Documents, ~/Desktop, ~/Downloads, iCloud "
             "Drive and /Volumes: move the model elsewhere (~/models, say), or give "
             f"{Path(sys.executable).resolve()} Full Disk Access (System Settings > Privacy & "
             "Security > Full Disk Access) and restart the agent (`lorainbox agent install`)",
         ) from None
     looks_local = spec.startswith(("/", "~", ".")) or spec.count("/") != 1
-    if looks_local or not _HUB_ID.fullmatch(spec):
-        raise DropError.one(
-            f'the base model "{spec}" is not a folder here ({path} does not exist)',
-            "recipe.toml, `base_model`",
-            "give the path of a model folder (relative to the drop, absolute or starting "
-            'with ~), a Hugging Face id like "mlx-community/Qwen2.5-0.5B-Instruct-4bit", '
-            f"or one of {', '.join(TINY_PREFIX + n for n in BUILT_IN)}",
-        )
-    return _download(spec)
+    return None if looks_local or not _HUB_ID.fullmatch(spec) else spec
 
 
 def tiny_model(name: str) -> Path:
@@ -92,7 +136,7 @@ def tiny_model(name: str) -> Path:
     if name not in BUILT_IN:
         raise DropError.one(
             f'"{TINY_PREFIX}{name}" is not a built-in model',
-            "recipe.toml, `base_model`",
+            BASE_WHERE,
             f"use one of {', '.join(TINY_PREFIX + n for n in BUILT_IN)}",
         )
     models = cache_dir() / "models"
@@ -120,8 +164,9 @@ def tiny_model(name: str) -> Path:
     return final
 
 
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+def download(repo_id: str, fetch: Callable[[str], str | Path]) -> Path:
+    """``fetch(repo_id)`` from the Hub, its failures said as the person's problem to fix."""
+    import httpx
     from huggingface_hub.errors import (
         GatedRepoError,
         HFValidationError,
@@ -129,33 +174,39 @@ def _download(repo_id: str) -> Path:
         RepositoryNotFoundError,
     )
 
-    where = "recipe.toml, `base_model`"
+    offline = (ConnectionError, httpx.TransportError)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
-    except GatedRepoError:
-        raise DropError.one(
-            f'the Hugging Face model "{repo_id}" is gated: it needs an accepted licence',
-            where,
-            "accept its licence on huggingface.co and log in with `hf auth login`, "
-            "or download it yourself and give its folder as `base_model`",
-        ) from None
-    except (RepositoryNotFoundError, HFValidationError):
-        raise DropError.one(
-            f'there is no Hugging Face model "{repo_id}"',
-            where,
-            "check the spelling (owner/name, as on huggingface.co), or give a local folder",
-        ) from None
-    except LocalEntryNotFoundError:
-        raise DropError.one(
-            f'could not reach the Hugging Face Hub to download "{repo_id}", and it is not cached',
-            where,
-            "connect to the internet and retry, or download the model once and give its "
-            "local folder as `base_model`",
-        ) from None
-    except OSError as e:
-        raise DropError.one(
-            f'could not download "{repo_id}" from the Hugging Face Hub ({e})',
-            where,
+        return Path(fetch(repo_id))
+    except Exception as e:  # diffusers wraps the Hub's error in an OSError: read the chain
+        chain = [e]
+        while (cause := chain[-1].__cause__ or chain[-1].__context__) and len(chain) < 8:
+            chain.append(cause)
+        first = chain[0]
+        if any(isinstance(x, GatedRepoError) for x in chain):
+            raise DropError.one(
+                f'the Hugging Face model "{repo_id}" is gated: it needs an accepted licence',
+                BASE_WHERE,
+                "accept its licence on huggingface.co and log in with `hf auth login`, "
+                "or download it yourself and give its folder as `base_model`",
+            ) from None
+        if any(isinstance(x, (RepositoryNotFoundError, HFValidationError)) for x in chain):
+            raise DropError.one(
+                f'there is no Hugging Face model "{repo_id}"',
+                BASE_WHERE,
+                "check the spelling (owner/name, as on huggingface.co), or give a local folder",
+            ) from None
+        if any(isinstance(x, (LocalEntryNotFoundError, *offline)) for x in chain):
+            raise DropError.one(
+                f'could not reach the Hugging Face Hub to download "{repo_id}", and it is not '
+                "cached",
+                BASE_WHERE,
+                "connect to the internet and retry, or download the model once and give its "
+                "local folder as `base_model`",
+            ) from None
+        raise DropError.one(  # the Hub's other errors are many; all mean the same to the person
+            f'could not download "{repo_id}" from the Hugging Face Hub '
+            f"({type(first).__name__}: {first})",
+            BASE_WHERE,
             "check the network (and the disk space) and retry, or give a local folder",
         ) from None
 

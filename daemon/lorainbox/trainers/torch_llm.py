@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec, Recipe, TrainSpec
+from lorainbox.models.base import BASE_WHERE
 from lorainbox.trainers import samples
 from lorainbox.trainers.base import Footprint, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.batches import by_length
@@ -360,7 +361,7 @@ def check_torch_loadable(config: dict[str, Any], model_dir: Path) -> None:
     ):
         raise DropError.one(
             "the base model is quantized for MLX; the PyTorch trainer needs unquantized weights",
-            f"recipe.toml, `base_model` ({model_dir})",
+            f"{BASE_WHERE} ({model_dir})",
             'use the original (bf16/fp16) model, or set trainer = "mlx" on a Mac',
         )
 
