@@ -3,7 +3,7 @@
 # transformers, peft, accelerate, typer, rich, httpx, psutil, matplotlib, safetensors...), for
 # its Python 3.12, into .whl/ (ignored by git; carry it: `carry: [".whl"]`). Run it here, where
 # PyPI answers; bench/gpu_lane.py installs them there with --no-deps into /tmp/site.
-# Versions are this project's lock's; about 6 MB in all.
+# Versions are this project's lock's; about 27 MB in all (23 MB of it llama.cpp's wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
