@@ -368,7 +368,7 @@ def run_ours(
     s: Settings, model: Path, listing: Path, work: Path, switches: dict[str, Any]
 ) -> dict[str, Any]:
     from lorainbox.trainers.base import Footprint
-    from lorainbox.trainers.diffusion import DiffusionOptions, DiffusionTrainer
+    from lorainbox.trainers.diffusion.trainer import DiffusionOptions, DiffusionTrainer
 
     recipe = {
         "name": "bench",

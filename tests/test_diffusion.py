@@ -23,15 +23,15 @@ from lorainbox.drop.recipe import Recipe
 from lorainbox.models.base import resolve_diffusion_base
 from lorainbox.trainers.base import Emitter, Footprint, Paused, TrainContext
 from lorainbox.trainers.batches import by_bucket as plan_epoch
-from lorainbox.trainers.diffusion import DiffusionOptions, DiffusionTrainer
-from lorainbox.trainers.diffusion_data import (
+from lorainbox.trainers.diffusion.data import (
     assign_bucket,
     bucket_sizes,
     prepare_image,
 )
-from lorainbox.trainers.diffusion_memory import plan_diffusion_footprint
-from lorainbox.trainers.diffusion_model import vae_encode_dtype
-from lorainbox.trainers.diffusion_output import DIFFUSERS_FILE
+from lorainbox.trainers.diffusion.footprint import plan_diffusion_footprint
+from lorainbox.trainers.diffusion.model import vae_encode_dtype
+from lorainbox.trainers.diffusion.output import DIFFUSERS_FILE
+from lorainbox.trainers.diffusion.trainer import DiffusionOptions, DiffusionTrainer
 from PIL import Image
 
 FAST = DiffusionOptions(samples=False)
@@ -306,7 +306,7 @@ def test_unreadable_images_are_drop_errors_naming_the_file(tiny_sd: Path, tmp_pa
 
 
 def test_base_model_must_be_a_diffusers_folder_or_a_loadable_file(tmp_path: Path) -> None:
-    from lorainbox.trainers.diffusion_model import load_pipeline
+    from lorainbox.trainers.diffusion.model import load_pipeline
 
     (tmp_path / "not-diffusers").mkdir()
     with pytest.raises(DropError, match="model_index.json"):
@@ -374,7 +374,7 @@ def test_half_frozen_weights_as_on_cuda_and_mps(
     """CUDA's path (bfloat16 frozen weights, float32 LoRA, autocast) and MPS's (float16 frozen
     weights, float32 LoRA, no autocast, SDXL's VAE encoding in float32) on the CPU, which runs
     both: every place the dtypes meet is exercised."""
-    import lorainbox.trainers.diffusion as diffusion
+    import lorainbox.trainers.diffusion.trainer as diffusion
     from lorainbox.trainers.torch_common import DeviceSetup
 
     setup = DeviceSetup(torch.device("cpu"), weights, autocast, autocast is None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorainbox.trainers.kohya import (
+from lorainbox.trainers.diffusion.kohya import (
     kohya_metadata,
     save_kohya,
     sgm_module_name,

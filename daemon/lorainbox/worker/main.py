@@ -50,7 +50,7 @@ def choose_trainer(recipe: Recipe, base: Path | None = None) -> tuple[Trainer, s
     """The trainer for the recipe on this machine, and why (see ``trainers.engine``): MLX on
     Apple Silicon, PyTorch with CUDA or on the CPU elsewhere, diffusers for diffusion."""
     if recipe.kind == "diffusion":
-        from lorainbox.trainers.diffusion import DiffusionTrainer
+        from lorainbox.trainers.diffusion.trainer import DiffusionTrainer
 
         return DiffusionTrainer(), "Stable Diffusion trains with diffusers on PyTorch"
     # MLX is tried only where it could be chosen: importing it pulls mlx-lm and transformers.

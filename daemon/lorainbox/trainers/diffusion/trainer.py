@@ -29,21 +29,21 @@ from lorainbox.drop.imagelist import ImageItem, read_images
 from lorainbox.models.base import resolve_diffusion_base
 from lorainbox.trainers.base import Footprint, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.batches import by_bucket
-from lorainbox.trainers.diffusion_cache import (
+from lorainbox.trainers.diffusion.cache import (
     Embedding,
     Latent,
     cache_key,
     encode_captions,
     encode_latents,
 )
-from lorainbox.trainers.diffusion_data import (
+from lorainbox.trainers.diffusion.data import (
     assign_bucket,
     bucket_sizes,
     prepare_image,
 )
-from lorainbox.trainers.diffusion_loss import diffusion_loss, encode_text, time_ids
-from lorainbox.trainers.diffusion_memory import estimate_diffusion_gb, plan_diffusion_footprint
-from lorainbox.trainers.diffusion_model import (
+from lorainbox.trainers.diffusion.footprint import estimate_diffusion_gb, plan_diffusion_footprint
+from lorainbox.trainers.diffusion.loss import diffusion_loss, encode_text, time_ids
+from lorainbox.trainers.diffusion.model import (
     TEXT_TARGETS,
     UNET_TARGETS,
     add_lora,
@@ -52,13 +52,13 @@ from lorainbox.trainers.diffusion_model import (
     split_pipeline,
     vae_encode_dtype,
 )
-from lorainbox.trainers.diffusion_output import (
+from lorainbox.trainers.diffusion.output import (
     check_writable,
     copy_lora,
     copy_target,
     write_lora,
 )
-from lorainbox.trainers.diffusion_samples import render, sample_prompts, write_grid
+from lorainbox.trainers.diffusion.samples import render, sample_prompts, write_grid
 from lorainbox.trainers.loop import Loop, Step
 from lorainbox.trainers.torch_common import (
     DeviceSetup,

@@ -12,8 +12,8 @@ from typing import Any
 
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import Recipe
-from lorainbox.trainers import kohya
-from lorainbox.trainers.diffusion_model import Parts
+from lorainbox.trainers.diffusion import kohya
+from lorainbox.trainers.diffusion.model import Parts
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 COPY_WHERE = "recipe.toml, [diffusion] copy_to"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lorainbox.trainers.diffusion_model import Parts
+from lorainbox.trainers.diffusion.model import Parts
 from lorainbox.trainers.torch_common import DeviceSetup
 
 MAX_SAMPLES = 4

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from lorainbox.drop.imagelist import ImageItem
-from lorainbox.trainers.diffusion_data import Prepared, prepare_image
-from lorainbox.trainers.diffusion_loss import encode_text
-from lorainbox.trainers.diffusion_model import Parts
+from lorainbox.trainers.diffusion.data import Prepared, prepare_image
+from lorainbox.trainers.diffusion.loss import encode_text
+from lorainbox.trainers.diffusion.model import Parts
 from lorainbox.trainers.torch_common import DeviceSetup
 
 Latent = tuple[torch.Tensor, torch.Tensor, Prepared | None]

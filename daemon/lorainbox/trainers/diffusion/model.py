@@ -16,7 +16,7 @@ import torch
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec
 from lorainbox.models.base import BASE_WHERE, safetensors_header
-from lorainbox.trainers import kohya
+from lorainbox.trainers.diffusion import kohya
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")

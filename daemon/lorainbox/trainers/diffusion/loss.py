@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lorainbox.core.errors import DropError
 from lorainbox.models.base import BASE_WHERE
-from lorainbox.trainers.diffusion_model import Parts
+from lorainbox.trainers.diffusion.model import Parts
 from lorainbox.trainers.torch_common import DeviceSetup
 
 
