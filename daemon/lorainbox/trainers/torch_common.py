@@ -239,6 +239,17 @@ class MemoryMeter:
 # --- LoRA settings shared by both trainers ------------------------------------------------
 
 
+def checkpoint_activations(model: Any) -> None:
+    """Recompute activations in the backward pass (non-reentrant, so frozen inputs work).
+    transformers renamed the switch ``activation_checkpointing_enable``; the old name warns in
+    every train.log, yet the versions this package allows before the rename have only it."""
+    kwargs = {"use_reentrant": False}
+    if enable := getattr(model, "activation_checkpointing_enable", None):
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def lora_alpha(lora: LoraSpec, default_scale: float) -> float:
     """PEFT's ``lora_alpha``: the recipe's alpha, or scale x rank (mlx-lm's convention)."""
     if lora.alpha is not None:

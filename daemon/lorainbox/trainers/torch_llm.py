@@ -37,6 +37,7 @@ from lorainbox.trainers.torch_common import (
     DeviceSetup,
     MPSFallbackLog,
     atomic_replace_dir,
+    checkpoint_activations,
     empty_cache,
     lora_alpha,
     make_optimizer,
@@ -512,9 +513,7 @@ class TorchLLMTrainer:
                 if hasattr(module, "cast_input_dtype_enabled"):
                     module.cast_input_dtype_enabled = False
         if fp.grad_checkpoint:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            checkpoint_activations(model)
         if compiled:
             from torch.fx.experimental import _config as shapes_config
 

@@ -36,10 +36,10 @@ def load_pipeline(base: Path, dtype: torch.dtype) -> Any:
     name = str(index.get("_class_name", ""))
     try:
         if "XL" in name:
-            return StableDiffusionXLPipeline.from_pretrained(base, torch_dtype=dtype)
+            return StableDiffusionXLPipeline.from_pretrained(base, dtype=dtype)
         if name.startswith("StableDiffusion") and "3" not in name:
             return StableDiffusionPipeline.from_pretrained(
-                base, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+                base, dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
     except (OSError, ValueError) as e:
         raise DropError.one(
@@ -62,7 +62,7 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> Any:
     )
     cls: Any = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
     try:
-        return cls.from_single_file(path, torch_dtype=dtype, local_files_only=True)
+        return cls.from_single_file(path, dtype=dtype, local_files_only=True)
     except Exception as e:  # any failure here leaves the person the same fix
         raise DropError.one(
             "a single-file checkpoint needs its model's configuration files, which are not on "

@@ -63,6 +63,7 @@ from lorainbox.trainers.loop import Loop, Step
 from lorainbox.trainers.torch_common import (
     DeviceSetup,
     MPSFallbackLog,
+    checkpoint_activations,
     empty_cache,
     lora_alpha,
     make_optimizer,
@@ -221,7 +222,7 @@ class _Run:
             pipe.unet.enable_gradient_checkpointing()
             if self.train_te:
                 for encoder in parts.text_encoders:
-                    encoder.gradient_checkpointing_enable({"use_reentrant": False})
+                    checkpoint_activations(encoder)
         pipe.unet.to(setup.device)
         if setup.kind == "cuda" and self.opts.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
