@@ -181,21 +181,24 @@ def download(repo_id: str, fetch: Callable[[str], str | Path]) -> Path:
         chain = [e]
         while (cause := chain[-1].__cause__ or chain[-1].__context__) and len(chain) < 8:
             chain.append(cause)
-        first = chain[0]
-        if any(isinstance(x, GatedRepoError) for x in chain):
+
+        def caused_by(*kinds: type[BaseException]) -> bool:
+            return any(isinstance(x, kinds) for x in chain)
+
+        if caused_by(GatedRepoError):
             raise DropError.one(
                 f'the Hugging Face model "{repo_id}" is gated: it needs an accepted licence',
                 BASE_WHERE,
                 "accept its licence on huggingface.co and log in with `hf auth login`, "
                 "or download it yourself and give its folder as `base_model`",
             ) from None
-        if any(isinstance(x, (RepositoryNotFoundError, HFValidationError)) for x in chain):
+        if caused_by(RepositoryNotFoundError, HFValidationError):
             raise DropError.one(
                 f'there is no Hugging Face model "{repo_id}"',
                 BASE_WHERE,
                 "check the spelling (owner/name, as on huggingface.co), or give a local folder",
             ) from None
-        if any(isinstance(x, (LocalEntryNotFoundError, *offline)) for x in chain):
+        if caused_by(LocalEntryNotFoundError, *offline):
             raise DropError.one(
                 f'could not reach the Hugging Face Hub to download "{repo_id}", and it is not '
                 "cached",
@@ -204,8 +207,7 @@ def download(repo_id: str, fetch: Callable[[str], str | Path]) -> Path:
                 "local folder as `base_model`",
             ) from None
         raise DropError.one(  # the Hub's other errors are many; all mean the same to the person
-            f'could not download "{repo_id}" from the Hugging Face Hub '
-            f"({type(first).__name__}: {first})",
+            f'could not download "{repo_id}" from the Hugging Face Hub ({type(e).__name__}: {e})',
             BASE_WHERE,
             "check the network (and the disk space) and retry, or give a local folder",
         ) from None

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from lorainbox.core.errors import DropError
 from lorainbox.drop.recipe import LoraSpec, Recipe, TrainSpec
-from lorainbox.models.base import BASE_WHERE
+from lorainbox.models.base import BASE_WHERE, check_model_dir, resolve_base_model
 from lorainbox.trainers import samples
 from lorainbox.trainers.base import Footprint, TrainContext, TrainResult, total_steps
 from lorainbox.trainers.batches import by_length
@@ -427,8 +427,6 @@ class TorchLLMTrainer:
         """Called after each optimizer step with (step, real tokens); the benchmark times it."""
 
     def train(self, ctx: TrainContext) -> TrainResult:
-        from lorainbox.models.base import check_model_dir, resolve_base_model
-
         recipe, t, opts = ctx.recipe, ctx.recipe.train, self.options
         setup = setup_device(t.device, ctx.memory_budget_gb, bf16=opts.bf16)
         seed_everything(t.seed)
@@ -543,8 +541,6 @@ class TorchLLMTrainer:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
-
-        from lorainbox.models.base import resolve_base_model
 
         hf_logging.disable_progress_bar()
         model_dir = ctx.base_model_dir or resolve_base_model(ctx.recipe.base_model, ctx.job_dir)
