@@ -214,9 +214,11 @@ def profile_variant(
     kernels = [e for e in prof.events() if e.device_type == kind and e.cpu_parent is None]
     parts: dict[str, float] = {}
     if device == "cuda":
-        trace_file = Path(tempfile.mkdtemp()) / "trace.json"
-        prof.export_chrome_trace(str(trace_file))
-        parts = breakdown(json.loads(trace_file.read_text()), 16, config["vocab_size"], len(sample))
+        with tempfile.TemporaryDirectory() as tmp:  # a trace per variant, not kept
+            trace_file = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(trace_file))
+            trace = json.loads(trace_file.read_text())
+        parts = breakdown(trace, 16, config["vocab_size"], len(sample))
     busy = sum(e.device_time if device == "cuda" else e.cpu_time for e in kernels)
     return {
         "warm_up_seconds": round(warm_seconds, 1),
